@@ -1,0 +1,102 @@
+-- pg_warden bootstrap: runs before the generated functions are created.
+-- Every object is schema-qualified; the extension's schema is `warden`
+-- (control file), created by CREATE EXTENSION and dropped with it.
+
+-- Roles are cluster-wide and outlive the extension: create them only if an
+-- earlier install (or the DBA) has not.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'warden_user') THEN
+        CREATE ROLE warden_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'warden_admin') THEN
+        CREATE ROLE warden_admin NOLOGIN;
+    END IF;
+END
+$roles$;
+
+COMMENT ON ROLE warden_user IS
+    'pg_warden: set a context, encrypt and decrypt in it, log events, read the own workspace''s audit trail';
+COMMENT ON ROLE warden_admin IS
+    'pg_warden: key management, the whole audit trail, roles, permissions and memberships';
+
+-- The role ladder: a role holds its own permissions and those of every role
+-- with a lower level.
+CREATE TABLE warden.roles (
+    name  text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    level integer NOT NULL CHECK (level BETWEEN 0 AND 1000)
+);
+COMMENT ON TABLE warden.roles IS 'pg_warden role ladder: name and level';
+
+-- Permissions: `resource.action`, `resource.*` or `*`.
+CREATE TABLE warden.role_permissions (
+    role       text NOT NULL REFERENCES warden.roles (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    permission text NOT NULL CHECK (
+        permission ~ '^(\*|[a-z][a-z0-9_-]{0,62}\.(\*|[a-z][a-z0-9_-]{0,62}))$'
+    ),
+    PRIMARY KEY (role, permission)
+);
+COMMENT ON TABLE warden.role_permissions IS
+    'pg_warden permissions granted to a role: resource.action, resource.* or *';
+
+-- Who belongs to which workspace in which role. A NULL workspace is a global
+-- membership and is only allowed for super_admin.
+CREATE TABLE warden.memberships (
+    workspace_id uuid,
+    user_id      uuid NOT NULL,
+    role         text NOT NULL REFERENCES warden.roles (name) ON UPDATE CASCADE,
+    CHECK (workspace_id IS NOT NULL OR role = 'super_admin')
+);
+CREATE UNIQUE INDEX memberships_workspace_user
+    ON warden.memberships (workspace_id, user_id) WHERE workspace_id IS NOT NULL;
+CREATE UNIQUE INDEX memberships_global_user
+    ON warden.memberships (user_id) WHERE workspace_id IS NULL;
+CREATE INDEX memberships_user ON warden.memberships (user_id);
+COMMENT ON TABLE warden.memberships IS
+    'pg_warden memberships: a user''s role in a workspace (NULL workspace: global super_admin)';
+
+INSERT INTO warden.roles (name, level) VALUES
+    ('super_admin', 100),
+    ('admin', 80),
+    ('manager', 60),
+    ('user', 40),
+    ('learner', 30),
+    ('viewer', 20);
+INSERT INTO warden.role_permissions (role, permission) VALUES ('super_admin', '*');
+
+-- pg_restore runs CREATE EXTENSION (which inserts the seeds above) and then
+-- loads the dumped rows, seeds included. These triggers let the dumped row
+-- win instead of failing on the primary key, so edited seed levels survive
+-- a dump and restore. They only ever fire on a name that already exists.
+CREATE FUNCTION warden.roles_merge_existing() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    UPDATE warden.roles SET level = NEW.level WHERE name = NEW.name;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER merge_existing BEFORE INSERT ON warden.roles
+    FOR EACH ROW EXECUTE FUNCTION warden.roles_merge_existing();
+
+CREATE FUNCTION warden.role_permissions_merge_existing() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF EXISTS (SELECT FROM warden.role_permissions
+               WHERE role = NEW.role AND permission = NEW.permission) THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER merge_existing BEFORE INSERT ON warden.role_permissions
+    FOR EACH ROW EXECUTE FUNCTION warden.role_permissions_merge_existing();
+
+-- Dumped by pg_dump (the extension's own objects are not; their rows are).
+SELECT pg_catalog.pg_extension_config_dump('warden.roles', '');
+SELECT pg_catalog.pg_extension_config_dump('warden.role_permissions', '');
+SELECT pg_catalog.pg_extension_config_dump('warden.memberships', '');

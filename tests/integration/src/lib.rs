@@ -1,0 +1,273 @@
+//! Test harness: a throwaway PostgreSQL 15 cluster with pg_warden preloaded,
+//! driven through a real client (the `postgres` crate) over loopback TCP with
+//! password authentication, as the roles an application would use.
+//!
+//! The extension must already be installed into the system PostgreSQL
+//! (`scripts/test` does that first). Each test binary starts one cluster on a
+//! free port with its own socket directory; a watchdog stops it and removes
+//! its files when the test process exits, even if a test aborts.
+
+use postgres::{Client, NoTls};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub use postgres;
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A running cluster. Obtain the per-process one with [`cluster()`].
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// Runs a program as the cluster's OS user (`postgres` when we are root:
+/// PostgreSQL refuses to run as root).
+pub fn as_pg(program: &str) -> Command {
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--", program]);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The directory for this run's cluster: under the workspace's target/ when
+/// the cluster's OS user can reach it, else under /var/tmp.
+fn cluster_dir() -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let base = if as_pg("test")
+        .arg("-x")
+        .arg(&target)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        target.join("it-clusters")
+    } else {
+        PathBuf::from("/var/tmp/pg_warden-it-clusters")
+    };
+    let dir = base.join(format!("{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&base).unwrap();
+    if running_as_root() {
+        run(
+            Command::new("chown").arg("postgres").arg(&base).arg(&dir),
+            "chown",
+        );
+    }
+    dir
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = cluster_dir();
+        let port = free_port();
+        let data = dir.join("data");
+        let socket = dir.join("run");
+        let key = dir.join("master.key");
+        run(as_pg("mkdir").arg("-p").arg(&socket), "mkdir run");
+        run(
+            as_pg(&format!("{PG_BIN}/initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-instructions",
+                    "-E",
+                    "UTF8",
+                ])
+                .arg("--locale=C.UTF-8"),
+            "initdb",
+        );
+        run(
+            as_pg("sh").arg("-c").arg(format!(
+                "umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > '{}'",
+                key.display()
+            )),
+            "master key",
+        );
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nshared_preload_libraries = 'pg_warden'\n\
+             warden.master_key_file = '{}'\nmax_connections = 50\n",
+            socket.display(),
+            key.display()
+        );
+        write_as_pg(&data.join("postgresql.auto.conf"), &conf);
+        write_as_pg(
+            &data.join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        );
+        run(
+            as_pg(&format!("{PG_BIN}/pg_ctl"))
+                .arg("start")
+                .arg("-w")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("server.log")),
+            "pg_ctl start",
+        );
+        // Watchdog: when this test process is gone, stop the cluster and
+        // remove its files. It must outlive us, so it is never waited for.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             {PG_BIN}/pg_ctl stop -D '{data}' -m immediate >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            data = data.display(),
+            dir = dir.display()
+        );
+        #[allow(clippy::zombie_processes)]
+        as_pg("sh")
+            .arg("-c")
+            .arg(watchdog)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn watchdog");
+        Cluster { dir, port }
+    }
+
+    /// The superuser, over the private Unix socket.
+    pub fn superuser(&self, database: &str) -> Client {
+        Client::connect(
+            &format!(
+                "host={} port={} user=postgres dbname={database}",
+                self.dir.join("run").display(),
+                self.port
+            ),
+            NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connect as postgres to {database}: {e}"))
+    }
+
+    /// A login role over loopback TCP with password authentication: the
+    /// path an application's driver takes.
+    pub fn connect(&self, database: &str, role: &str) -> Result<Client, postgres::Error> {
+        Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={role} password={role}-pw dbname={database}",
+                self.port
+            ),
+            NoTls,
+        )
+    }
+
+    /// A fresh database with pg_warden created in it.
+    pub fn create_database(&self, name: &str) {
+        let mut admin = self.superuser("postgres");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap();
+        self.superuser(name)
+            .batch_execute("CREATE EXTENSION pg_warden")
+            .unwrap();
+    }
+
+    /// A non-superuser login role (password `<name>-pw`) that is a member of
+    /// `member_of` (e.g. `warden_user`), created if missing.
+    pub fn create_login_role(&self, name: &str, member_of: &[&str]) {
+        let mut admin = self.superuser("postgres");
+        admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN \
+                 CREATE ROLE \"{name}\" LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{name}-pw'; END IF; END $$"
+            ))
+            .unwrap();
+        for role in member_of {
+            admin
+                .batch_execute(&format!("GRANT \"{role}\" TO \"{name}\""))
+                .unwrap();
+        }
+    }
+
+    /// Runs a client program from the PostgreSQL bin directory (pg_dump,
+    /// pg_restore, psql) against this cluster as the superuser.
+    pub fn client_program(&self, program: &str) -> Command {
+        let mut cmd = Command::new(format!("{PG_BIN}/{program}"));
+        cmd.arg("-h")
+            .arg(self.dir.join("run"))
+            .arg("-p")
+            .arg(self.port.to_string());
+        cmd.arg("-U").arg("postgres");
+        cmd
+    }
+
+    /// The server log so far (for assertions that nothing leaked into it).
+    pub fn server_log(&self) -> String {
+        let out = as_pg("cat")
+            .arg(self.dir.join("server.log"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn write_as_pg(path: &Path, contents: &str) {
+    use std::io::Write;
+    let mut child = as_pg("tee")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("tee");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(contents.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "writing {}",
+        path.display()
+    );
+}
+
+/// The cluster of this test process, started on first use.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+/// The SQLSTATE of a failed statement, for asserting on error classes.
+pub fn sqlstate(err: &postgres::Error) -> String {
+    err.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {err}"))
+}
