@@ -21,15 +21,18 @@ else
     as_root() { sudo "$@"; }
 fi
 
-# A directory for cluster state that the cluster's OS user can reach: under
-# the project when it can traverse there, else under /var/tmp.
+# state_dir PARENT NAME: a directory for cluster state that the cluster's OS
+# user can reach: PARENT/NAME when it can traverse PARENT (e.g. the project's
+# .dev/ or target/), else the same under /var/tmp.
 state_dir() {
-    local name=$1 dir="$ROOT/target/$name"
-    if ! as_pg test -x "$ROOT/target" 2>/dev/null; then
-        dir="/var/tmp/pg_warden-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)/$name"
+    local parent=$1 name=$2
+    mkdir -p "$parent"
+    local dir="$parent/$name"
+    if ! as_pg test -x "$parent" 2>/dev/null; then
+        dir="/var/tmp/pg_warden-$(printf '%s' "$parent" | sha256sum | cut -c1-12)/$name"
     fi
     mkdir -p "$dir"
-    [ "$(id -u)" -eq 0 ] && chown "$PG_OS_USER" "$dir"
+    if [ "$(id -u)" -eq 0 ]; then chown "$PG_OS_USER" "$dir"; fi
     printf '%s' "$dir"
 }
 

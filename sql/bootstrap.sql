@@ -1,24 +1,42 @@
 -- pg_warden bootstrap: runs before the generated functions are created.
--- Every object is schema-qualified; the extension's schema is `warden`
--- (control file), created by CREATE EXTENSION and dropped with it.
+-- Every object is schema-qualified. The extension's schema is `warden`
+-- (control file): CREATE EXTENSION creates it if missing; like every
+-- control-file schema it is not a member of the extension, so DROP EXTENSION
+-- leaves it behind, empty.
 
 -- Roles are cluster-wide and outlive the extension: create them only if an
--- earlier install (or the DBA) has not.
+-- earlier install (or the DBA) has not. CREATE EXTENSION in two databases at
+-- once may race here; the loser finds the role made and goes on.
 DO $roles$
+DECLARE
+    role_name text;
+    purpose text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'warden_user') THEN
-        CREATE ROLE warden_user NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'warden_admin') THEN
-        CREATE ROLE warden_admin NOLOGIN;
+    FOR role_name, purpose IN VALUES
+        ('warden_user', 'pg_warden: set a context, encrypt and decrypt in it, log events, '
+                        'read the own workspace''s audit trail'),
+        ('warden_admin', 'pg_warden: key management, the whole audit trail, roles, '
+                         'permissions and memberships')
+    LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', role_name);
+                EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', role_name, purpose);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
+    -- An administrator can do everything an application can.
+    IF NOT pg_catalog.pg_has_role('warden_admin', 'warden_user', 'MEMBER') THEN
+        BEGIN
+            GRANT warden_user TO warden_admin;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;
+        END;
     END IF;
 END
 $roles$;
-
-COMMENT ON ROLE warden_user IS
-    'pg_warden: set a context, encrypt and decrypt in it, log events, read the own workspace''s audit trail';
-COMMENT ON ROLE warden_admin IS
-    'pg_warden: key management, the whole audit trail, roles, permissions and memberships';
 
 -- The role ladder: a role holds its own permissions and those of every role
 -- with a lower level.

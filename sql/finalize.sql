@@ -9,15 +9,6 @@ GRANT USAGE ON SCHEMA warden TO PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA warden FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA warden FROM PUBLIC;
 
--- An administrator can do everything an application can.
-DO $grant$
-BEGIN
-    IF NOT pg_catalog.pg_has_role('warden_admin', 'warden_user', 'MEMBER') THEN
-        GRANT warden_user TO warden_admin;
-    END IF;
-END
-$grant$;
-
 GRANT EXECUTE ON FUNCTION warden.library_version() TO PUBLIC;
 
 GRANT SELECT ON warden.roles, warden.role_permissions TO warden_user;

@@ -65,6 +65,7 @@ fn free_port() -> u16 {
 /// the cluster's OS user can reach it, else under /var/tmp.
 fn cluster_dir() -> PathBuf {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let target = target.canonicalize().unwrap_or(target);
     let base = if as_pg("test")
         .arg("-x")
         .arg(&target)
@@ -140,10 +141,12 @@ impl Cluster {
             "pg_ctl start",
         );
         // Watchdog: when this test process is gone, stop the cluster and
-        // remove its files. It must outlive us, so it is never waited for.
+        // remove its files (kept with WARDEN_KEEP_CLUSTER=1, for debugging).
+        // It runs as the cluster's user, which may not signal us, so it
+        // watches /proc. It must outlive us, so it is never waited for.
         let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-             {PG_BIN}/pg_ctl stop -D '{data}' -m immediate >/dev/null 2>&1; rm -rf '{dir}'",
+            "while [ -d /proc/{pid} ]; do sleep 0.5; done; \
+             {PG_BIN}/pg_ctl stop -D '{data}' -m immediate >/dev/null 2>&1; [ -n \"$WARDEN_KEEP_CLUSTER\" ] || rm -rf '{dir}'",
             pid = std::process::id(),
             data = data.display(),
             dir = dir.display()
@@ -170,7 +173,7 @@ impl Cluster {
             ),
             NoTls,
         )
-        .unwrap_or_else(|e| panic!("connect as postgres to {database}: {e}"))
+        .unwrap_or_else(|e| panic!("connect as postgres to {database}: {e:?}"))
     }
 
     /// A login role over loopback TCP with password authentication: the

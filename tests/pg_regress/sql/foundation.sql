@@ -22,7 +22,9 @@ SELECT c.relname, c.relacl FROM pg_class c
 SELECT unnest(extconfig)::regclass AS dumped FROM pg_extension WHERE extname = 'pg_warden' ORDER BY 1;
 
 -- Settings, their context (who may change them) and defaults.
-SELECT name, context, setting, vartype FROM pg_settings WHERE name LIKE 'warden.%' ORDER BY 1;
+SELECT name, context, vartype,
+       CASE WHEN name = 'warden.master_key_file' AND setting <> '' THEN '(a path)' ELSE setting END AS setting
+  FROM pg_settings WHERE name LIKE 'warden.%' ORDER BY 1;
 
 -- The tables check what they hold.
 SELECT regress.error_of($$INSERT INTO warden.roles VALUES ('Bad Name', 10)$$);
@@ -58,9 +60,11 @@ SELECT regress.error_of('SELECT * FROM warden.memberships');
 SELECT regress.error_of($$UPDATE warden.roles SET level = 99 WHERE name = 'viewer'$$);
 RESET ROLE;
 
--- Dropping and re-creating the extension is clean; the roles stay.
+-- Dropping and re-creating the extension is clean: nothing is left in the
+-- (control-file) schema; the cluster-wide roles stay.
 DROP EXTENSION pg_warden;
-SELECT count(*) AS warden_schemas FROM pg_namespace WHERE nspname = 'warden';
+SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'warden'::regnamespace)
+     + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'warden'::regnamespace) AS leftovers;
 CREATE EXTENSION pg_warden;
 SELECT name, level FROM warden.roles ORDER BY level DESC;
 DROP ROLE regress_stranger, regress_app;
