@@ -9,7 +9,24 @@ GRANT USAGE ON SCHEMA warden TO PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA warden FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA warden FROM PUBLIC;
 
-GRANT EXECUTE ON FUNCTION warden.library_version() TO PUBLIC;
+-- Policy helpers: policies run them as whoever queries the table. They read
+-- only the sealed context, never a table or a key.
+GRANT EXECUTE ON FUNCTION
+    warden.current_workspace_id(), warden.current_user_id(), warden."current_role"(),
+    warden.current_level(), warden.has_level(integer), warden.can(text),
+    warden.library_version()
+TO PUBLIC;
+-- Policy generators run with the caller's rights: only a table's owner can
+-- change its policies, so any migration role may call them.
+GRANT EXECUTE ON FUNCTION
+    warden.isolate(regclass, name), warden.protect(regclass, text),
+    warden.isolate_user(regclass, name)
+TO PUBLIC;
+
+-- The application: establish and drop a context, require permissions.
+GRANT EXECUTE ON FUNCTION
+    warden.set_context(uuid, uuid, boolean), warden.clear_context(), warden.require(text)
+TO warden_user;
 
 GRANT SELECT ON warden.roles, warden.role_permissions TO warden_user;
 GRANT SELECT, INSERT, UPDATE, DELETE

@@ -23,6 +23,21 @@ pub enum ContextScope {
     Transaction,
 }
 
+/// How the policy generators call the helpers.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PolicyCalls {
+    /// `bare` where the citus extension is installed, else `initplan`.
+    #[name = c"auto"]
+    Auto,
+    /// `(SELECT warden.current_workspace_id())`: evaluated once per query.
+    #[name = c"initplan"]
+    InitPlan,
+    /// `warden.current_workspace_id()`: per row (Citus forbids subqueries
+    /// in policies on distributed tables).
+    #[name = c"bare"]
+    Bare,
+}
+
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MASTER_KEY_COMMAND: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
@@ -35,6 +50,8 @@ pub static CONTEXT_SCOPE: GucSetting<ContextScope> =
 pub static TRUST_JWT_CLAIMS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static JWT_WORKSPACE_CLAIM: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"workspace_id"));
+pub static POLICY_CALLS: GucSetting<PolicyCalls> =
+    GucSetting::<PolicyCalls>::new(PolicyCalls::Auto);
 pub static CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Registers every setting. Called from `_PG_init`, in the postmaster when
@@ -97,6 +114,14 @@ pub fn init() {
         c"Used when warden.trust_jwt_claims is on.",
         &JWT_WORKSPACE_CLAIM,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"warden.policy_calls",
+        c"How warden.isolate/protect/isolate_user call the helpers: 'auto', 'initplan' or 'bare'.",
+        c"'initplan' wraps them as (SELECT ...), evaluated once per query; 'bare' calls them per row, as Citus requires; 'auto' is 'bare' where the citus extension is installed.",
+        &POLICY_CALLS,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

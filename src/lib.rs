@@ -8,11 +8,18 @@
 //! - `sql/bootstrap.sql`, `sql/finalize.sql`: schema objects and grants that
 //!   wrap the generated functions.
 
+// SQL functions return pgrx's ErrorReport (how a Rust error chooses its
+// SQLSTATE); it is large, but only ever built on the cold error path.
+#![allow(clippy::result_large_err)]
+
 use pgrx::prelude::*;
 
 mod api;
+mod context;
 pub mod crypto;
+mod error;
 mod gucs;
+mod keys;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -29,6 +36,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    context::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -1,7 +1,9 @@
 //! The SQL surface of schema `warden`, one file per area. Nothing outside
 //! this module declares `#[pg_extern]`.
 
+mod authz;
 mod info;
+mod policies;
 
 /// Catalog-level promises about the whole SQL surface. These query the
 /// catalogs, so they keep holding as later areas add functions.
@@ -41,6 +43,9 @@ mod tests {
             "warden.current_level()",
             "warden.has_level(integer)",
             "warden.can(text)",
+            "warden.isolate(regclass,name)",
+            "warden.protect(regclass,text)",
+            "warden.isolate_user(regclass,name)",
         ];
         let public: Vec<String> = Spi::connect(|client| {
             client

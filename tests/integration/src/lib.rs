@@ -132,6 +132,8 @@ impl Cluster {
         );
         run(
             as_pg(&format!("{PG_BIN}/pg_ctl"))
+                // As in production: no Rust backtraces in error details.
+                .env_remove("RUST_BACKTRACE")
                 .arg("start")
                 .arg("-w")
                 .arg("-D")
@@ -205,6 +207,9 @@ impl Cluster {
     /// A non-superuser login role (password `<name>-pw`) that is a member of
     /// `member_of` (e.g. `warden_user`), created if missing.
     pub fn create_login_role(&self, name: &str, member_of: &[&str]) {
+        // Roles are cluster-wide and tests run in parallel: one at a time.
+        static ROLES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _serial = ROLES.lock().unwrap_or_else(|e| e.into_inner());
         let mut admin = self.superuser("postgres");
         admin
             .batch_execute(&format!(
@@ -241,6 +246,86 @@ impl Cluster {
     }
 }
 
+/// A PgBouncer in transaction pooling mode with one server connection, in
+/// front of `database` on a [`Cluster`]; stopped when dropped.
+pub struct PgBouncer {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PgBouncer {
+    pub fn start(cluster: &Cluster, database: &str, users: &[&str]) -> PgBouncer {
+        let port = free_port();
+        let dir = cluster.dir.join(format!("pgbouncer-{port}"));
+        run(as_pg("mkdir").arg("-p").arg(&dir), "mkdir pgbouncer");
+        let auth: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
+        write_as_pg(&dir.join("users.txt"), &auth);
+        write_as_pg(
+            &dir.join("pgbouncer.ini"),
+            &format!(
+                "[databases]\n{database} = host={socket} port={pgport} dbname={database}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 unix_socket_dir =\nauth_type = trust\nauth_file = {auth}\n\
+                 pool_mode = transaction\ndefault_pool_size = 1\nmax_client_conn = 20\n\
+                 server_reset_query =\nlogfile = {log}\npidfile = {pid}\n",
+                socket = cluster.dir.join("run").display(),
+                pgport = cluster.port,
+                auth = dir.join("users.txt").display(),
+                log = dir.join("pgbouncer.log").display(),
+                pid = dir.join("pgbouncer.pid").display(),
+            ),
+        );
+        // Like the cluster's watchdog: gone when this test process is.
+        #[allow(clippy::zombie_processes)]
+        as_pg("sh")
+            .arg("-c")
+            .arg(format!(
+                "/usr/sbin/pgbouncer '{ini}' & bouncer=$!; \
+                 while [ -d /proc/{pid} ] && [ -d /proc/$bouncer ]; do sleep 0.5; done; \
+                 kill $bouncer 2>/dev/null",
+                ini = dir.join("pgbouncer.ini").display(),
+                pid = std::process::id()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return PgBouncer { port, dir };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("pgbouncer did not start: see {}", dir.display());
+    }
+
+    /// A client through the pooler (simple query protocol only: transaction
+    /// pooling cannot carry prepared statements).
+    pub fn connect(&self, database: &str, role: &str) -> Client {
+        Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={role} dbname={database}",
+                self.port
+            ),
+            NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connect through pgbouncer as {role}: {e:?}"))
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // It runs as the cluster's OS user; stop it the same way.
+        let pidfile = self.dir.join("pgbouncer.pid");
+        let _ = as_pg("sh")
+            .arg("-c")
+            .arg(format!("kill $(cat '{}')", pidfile.display()))
+            .status();
+        let _ = as_pg("rm").arg("-rf").arg(&self.dir).status();
+    }
+}
+
 fn write_as_pg(path: &Path, contents: &str) {
     use std::io::Write;
     let mut child = as_pg("tee")
@@ -273,4 +358,20 @@ pub fn sqlstate(err: &postgres::Error) -> String {
     err.code()
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no SQLSTATE: {err}"))
+}
+
+/// The rows of every statement in `sql`, run with the simple query protocol
+/// (the only one a transaction pooler can carry), as text.
+pub fn simple_rows(client: &mut Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client
+        .simple_query(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -33,6 +33,7 @@ fn preloaded_library_registers_settings_before_any_call() {
             "warden.jwt_workspace_claim",
             "warden.master_key_command",
             "warden.master_key_file",
+            "warden.policy_calls",
             "warden.previous_master_key_command",
             "warden.previous_master_key_file",
             "warden.trust_jwt_claims",

@@ -1,0 +1,151 @@
+//! Context and permissions: `set_context`, `clear_context`, and the policy
+//! helpers (`current_*`, `has_level`, `can`, `require`).
+//!
+//! The helpers read only the verified context (see `context.rs`), never a
+//! table, so a policy may call them bare on every row (Citus forbids
+//! subqueries in policies). They are STABLE and PARALLEL SAFE: their answer
+//! depends only on settings, which parallel workers inherit.
+
+use crate::context::{self, validate_permission};
+use crate::error::{required, SqlResult, WardenError};
+use crate::gucs::{self, ContextScope};
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+/// Establishes who acts where: checks that `user_id` is a member of
+/// `workspace_id` (a global `super_admin` membership counts everywhere),
+/// resolves role, level and permissions once, stores the sealed result in
+/// `warden.context` (transaction-local when `is_local`, and always in
+/// `warden.context_scope = 'transaction'`), and returns it, so
+/// `SET LOCAL warden.context = '<value>'` establishes the same context
+/// (that is how a Citus coordinator reaches its workers).
+///
+/// SECURITY DEFINER because the caller (`warden_user`) may not read
+/// memberships; the search_path is pinned and every object qualified.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn set_context(
+    workspace_id: Option<Uuid>,
+    user_id: Option<Uuid>,
+    is_local: default!(Option<bool>, true),
+) -> SqlResult<String> {
+    let workspace_id = required(workspace_id, "workspace_id")?;
+    let user_id = required(user_id, "user_id")?;
+    let is_local =
+        required(is_local, "is_local")? || gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction;
+
+    // The highest of the user's memberships here and a global one.
+    let membership = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT m.role, r.level
+               FROM warden.memberships AS m
+               JOIN warden.roles AS r ON r.name = m.role
+              WHERE m.user_id = $2
+                AND (m.workspace_id = $1 OR m.workspace_id IS NULL)
+              ORDER BY r.level DESC
+              LIMIT 1",
+            None,
+            &[workspace_id.into(), user_id.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok::<_, WardenError>(None);
+        }
+        match rows.first().get_two::<String, i32>()? {
+            (Some(role), Some(level)) => Ok(Some((role, level))),
+            _ => Ok(None),
+        }
+    })?;
+    let Some((role, level)) = membership else {
+        return Err(WardenError::NotAMember {
+            user: user_id.to_string(),
+            workspace: workspace_id.to_string(),
+        }
+        .into());
+    };
+    // A role holds its own permissions and those of every lower level.
+    let perms = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT COALESCE(pg_catalog.array_agg(DISTINCT p.permission), '{}')
+           FROM warden.role_permissions AS p
+           JOIN warden.roles AS r ON r.name = p.role
+          WHERE r.level <= $1",
+        &[level.into()],
+    )
+    .map_err(WardenError::from)?
+    .unwrap_or_default();
+
+    let token = context::seal(*workspace_id, *user_id, role, level, perms)?;
+    if is_local && !unsafe { pg_sys::IsTransactionBlock() } {
+        pgrx::warning!(
+            "warden.set_context() with is_local => true outside a transaction block lasts only \
+             for this statement"
+        );
+    }
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config('warden.context', $1, $2)",
+        &[token.as_str().into(), is_local.into()],
+    )
+    .map_err(WardenError::from)?;
+    Ok(token)
+}
+
+/// Removes the context (session-wide, including a transaction-local one).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn clear_context() -> SqlResult<()> {
+    Spi::run("SELECT pg_catalog.set_config('warden.context', '', false)")
+        .map_err(WardenError::from)?;
+    Ok(())
+}
+
+/// The acting workspace, or NULL without a context.
+#[pg_extern(stable, parallel_safe)]
+fn current_workspace_id() -> SqlResult<Option<Uuid>> {
+    Ok(context::current()?.map(|c| Uuid::from_bytes(c.workspace_id)))
+}
+
+/// The acting user, or NULL without a context.
+#[pg_extern(stable, parallel_safe)]
+fn current_user_id() -> SqlResult<Option<Uuid>> {
+    Ok(context::current()?.map(|c| Uuid::from_bytes(c.user_id)))
+}
+
+/// The acting user's role in the acting workspace, or NULL.
+#[pg_extern(stable, parallel_safe)]
+fn current_role() -> SqlResult<Option<String>> {
+    Ok(context::current()?.map(|c| c.role.clone()))
+}
+
+/// The level of that role, or NULL.
+#[pg_extern(stable, parallel_safe)]
+fn current_level() -> SqlResult<Option<i32>> {
+    Ok(context::current()?.map(|c| c.level))
+}
+
+/// Whether the acting role's level is at least `min_level` (false without
+/// a context).
+#[pg_extern(stable, parallel_safe)]
+fn has_level(min_level: Option<i32>) -> SqlResult<bool> {
+    let min_level = required(min_level, "min_level")?;
+    Ok(context::current()?.is_some_and(|c| c.level >= min_level))
+}
+
+/// Whether the acting role holds `permission` (`resource.action`); false
+/// without a context.
+#[pg_extern(stable, parallel_safe)]
+fn can(permission: Option<&str>) -> SqlResult<bool> {
+    let permission = required(permission, "permission")?;
+    validate_permission(permission)?;
+    Ok(context::current()?.is_some_and(|c| c.can(permission)))
+}
+
+/// Raises SQLSTATE 42501 unless the acting role holds `permission`.
+#[pg_extern(stable, parallel_safe)]
+fn require(permission: Option<&str>) -> SqlResult<()> {
+    let permission = required(permission, "permission")?;
+    validate_permission(permission)?;
+    match context::current()? {
+        Some(c) if c.can(permission) => Ok(()),
+        Some(_) => Err(WardenError::PermissionDenied(permission.to_string()).into()),
+        None => Err(WardenError::PermissionDeniedNoContext(permission.to_string()).into()),
+    }
+}

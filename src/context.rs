@@ -1,0 +1,330 @@
+//! Who is acting in which workspace.
+//!
+//! `warden.set_context()` checks the membership, resolves role, level and
+//! effective permissions once, and stores them in the setting
+//! `warden.context` as a token sealed (HMAC-SHA256) with a key derived from
+//! the master key. The setting is the source of truth: parallel workers and
+//! Citus workers (which receive `SET LOCAL warden.context = '...'`) see the
+//! same value, and a client that writes the setting directly can only write
+//! a token this cluster sealed, unchanged (a forged or edited value is no
+//! context). Backend memory only caches the verified token, keyed by its
+//! exact bytes, so the policy helpers cost a byte comparison per call.
+
+use crate::crypto::{open_token, seal_token};
+use crate::error::WardenError;
+use crate::gucs::{self, ContextScope};
+use crate::keys::master;
+use pgrx::pg_sys;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::CStr;
+use std::rc::Rc;
+
+/// A verified context.
+pub struct Context {
+    pub workspace_id: [u8; 16],
+    pub user_id: [u8; 16],
+    pub role: String,
+    pub level: i32,
+    /// Exact permissions (`resource.action`) held.
+    exact: HashSet<String>,
+    /// Resources held with every action (`resource.*`).
+    whole_resources: HashSet<String>,
+    /// `*`: everything.
+    everything: bool,
+}
+
+impl Context {
+    fn new(
+        workspace_id: [u8; 16],
+        user_id: [u8; 16],
+        role: String,
+        level: i32,
+        perms: impl IntoIterator<Item = String>,
+    ) -> Context {
+        let mut ctx = Context {
+            workspace_id,
+            user_id,
+            role,
+            level,
+            exact: HashSet::new(),
+            whole_resources: HashSet::new(),
+            everything: false,
+        };
+        for perm in perms {
+            if perm == "*" {
+                ctx.everything = true;
+            } else if let Some(resource) = perm.strip_suffix(".*") {
+                ctx.whole_resources.insert(resource.to_string());
+            } else {
+                ctx.exact.insert(perm);
+            }
+        }
+        ctx
+    }
+
+    /// Whether this context holds `permission` (already validated with
+    /// [`validate_permission`]). A wildcard argument asks for the wildcard
+    /// itself: `can('invoices.*')` needs `invoices.*` or `*`.
+    pub fn can(&self, permission: &str) -> bool {
+        if self.everything || self.exact.contains(permission) {
+            return true;
+        }
+        match permission.split_once('.') {
+            Some((resource, _)) => self.whole_resources.contains(resource),
+            None => false,
+        }
+    }
+}
+
+/// The token's payload. Field names are short: this travels in every
+/// `SET LOCAL` a Citus coordinator sends.
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    /// The database it was set in: a token is no context in another one.
+    db: u32,
+    ws: String,
+    user: String,
+    role: String,
+    level: i32,
+    perms: Vec<String>,
+}
+
+/// A permission segment: a lowercase letter, then up to 62 lowercase
+/// letters, digits, `_` or `-` (the same grammar as the CHECK constraint on
+/// `warden.role_permissions`).
+fn is_segment(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes[1..]
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+/// `resource.action`, `resource.*` or `*`.
+pub fn validate_permission(permission: &str) -> Result<(), WardenError> {
+    let ok = permission == "*"
+        || permission
+            .split_once('.')
+            .is_some_and(|(resource, action)| {
+                is_segment(resource) && (action == "*" || is_segment(action))
+            });
+    if ok {
+        Ok(())
+    } else {
+        Err(WardenError::MalformedPermission(permission.to_string()))
+    }
+}
+
+/// A resource name for `warden.protect`.
+pub fn validate_resource(resource: &str) -> Result<(), WardenError> {
+    if is_segment(resource) {
+        Ok(())
+    } else {
+        Err(WardenError::MalformedResource(resource.to_string()))
+    }
+}
+
+/// Seals a resolved context for the current database.
+pub fn seal(
+    workspace_id: [u8; 16],
+    user_id: [u8; 16],
+    role: String,
+    level: i32,
+    perms: Vec<String>,
+) -> Result<String, WardenError> {
+    let payload = Payload {
+        // SAFETY: MyDatabaseId is set once at backend start and only read.
+        db: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        ws: hex::encode(workspace_id),
+        user: hex::encode(user_id),
+        role,
+        level,
+        perms,
+    };
+    let json = serde_json::to_vec(&payload).map_err(|e| WardenError::Internal(e.to_string()))?;
+    Ok(seal_token(&master::current()?.seal, &json))
+}
+
+/// Verifies a token; `None` for anything this cluster did not seal for this
+/// database. Errors only when the master key itself cannot be had.
+fn verify(token: &[u8]) -> Result<Option<Context>, WardenError> {
+    let keys = master::current()?;
+    let Some(json) = std::str::from_utf8(token)
+        .ok()
+        .and_then(|t| open_token(&keys.seal, t).ok())
+    else {
+        return Ok(None);
+    };
+    let Ok(p) = serde_json::from_slice::<Payload>(&json) else {
+        return Ok(None);
+    };
+    // SAFETY: as in `seal`.
+    if p.db != unsafe { pg_sys::MyDatabaseId }.to_u32() {
+        return Ok(None);
+    }
+    let (Some(workspace_id), Some(user_id)) = (uuid_from_hex(&p.ws), uuid_from_hex(&p.user)) else {
+        return Ok(None);
+    };
+    let ctx = Context::new(workspace_id, user_id, p.role, p.level, p.perms);
+    Ok(Some(ctx))
+}
+
+fn uuid_from_hex(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(s, &mut out).ok().map(|_| out)
+}
+
+/// The raw bytes of `warden.context`, without the copy `GucSetting::get`
+/// makes (this runs on every policy call).
+fn with_raw_setting<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    // SAFETY: the GUC machinery owns the string and keeps it valid until
+    // the setting is next assigned, which cannot happen inside `f` (it only
+    // reads our cache).
+    unsafe {
+        let ptr = *gucs::CONTEXT.as_ptr();
+        if ptr.is_null() {
+            f(&[])
+        } else {
+            f(CStr::from_ptr(ptr).to_bytes())
+        }
+    }
+}
+
+/// The last token seen and what it verified to (`None`: no context).
+struct Verified {
+    token: Vec<u8>,
+    context: Option<Rc<Context>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<Verified>> = const { RefCell::new(None) };
+}
+
+/// The acting context, or `None` when there is none (unset, cleared,
+/// forged, or set in another database).
+pub fn current() -> Result<Option<Rc<Context>>, WardenError> {
+    let cached = with_raw_setting(|raw| {
+        if raw.is_empty() {
+            return Some(None);
+        }
+        CACHE.with_borrow(|c| {
+            c.as_ref()
+                .filter(|v| v.token == raw)
+                .map(|v| v.context.clone())
+        })
+    });
+    if let Some(ctx) = cached {
+        return Ok(ctx);
+    }
+    let token = with_raw_setting(|raw| raw.to_vec());
+    let ctx = verify(&token)?.map(Rc::new);
+    CACHE.with_borrow_mut(|c| {
+        *c = Some(Verified {
+            token,
+            context: ctx.clone(),
+        })
+    });
+    Ok(ctx)
+}
+
+/// Registers the end-of-transaction hook that enforces
+/// `warden.context_scope = 'transaction'`.
+pub fn init() {
+    // SAFETY: called once from _PG_init; the callback is a plain function.
+    unsafe { pg_sys::RegisterXactCallback(Some(end_of_transaction), std::ptr::null_mut()) };
+}
+
+/// In `'transaction'` scope, a context must not outlive the transaction that
+/// set it, whatever the client does: `SET LOCAL` values end with the
+/// transaction anyway, and a session-level value (a plain `SET`, or
+/// `set_config(..., false)`) is cleared just before commit. So a pooled
+/// connection never hands a context to the next transaction.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn end_of_transaction(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    let ending = event == pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT
+        || event == pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE;
+    if ending
+        && gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction
+        && !with_raw_setting(|raw| raw.is_empty())
+    {
+        // SAFETY: a plain user setting without hooks, set at session level
+        // while the transaction is still in progress.
+        unsafe {
+            pg_sys::SetConfigOption(
+                c"warden.context".as_ptr(),
+                c"".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            )
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_grammar() {
+        for ok in [
+            "*",
+            "invoices.*",
+            "invoices.read",
+            "a.b",
+            "team-members.re_send2",
+        ] {
+            assert!(validate_permission(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            " ",
+            "invoices",
+            "invoices.",
+            ".read",
+            "a..b",
+            "invoices.read.all",
+            "Invoices.read",
+            "invoices read",
+            "invoices.read ",
+            "*.read",
+            "**",
+            "1a.read",
+            "a.1b",
+            "a.b\n",
+        ] {
+            assert!(validate_permission(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_permission(&format!("{}.x", "a".repeat(63))).is_ok());
+        assert!(validate_permission(&format!("{}.x", "a".repeat(64))).is_err());
+    }
+
+    fn ctx(perms: &[&str]) -> Context {
+        Context::new(
+            [0; 16],
+            [0; 16],
+            "user".into(),
+            40,
+            perms.iter().map(|p| p.to_string()),
+        )
+    }
+
+    #[test]
+    fn wildcards() {
+        let c = ctx(&["invoices.read", "reports.*"]);
+        assert!(c.can("invoices.read"));
+        assert!(!c.can("invoices.delete"));
+        assert!(!c.can("invoices.*"));
+        assert!(c.can("reports.delete"));
+        assert!(c.can("reports.*"));
+        assert!(!c.can("reportsx.read"));
+        assert!(ctx(&["*"]).can("anything.at_all"));
+        assert!(!ctx(&[]).can("invoices.read"));
+    }
+}

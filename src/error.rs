@@ -1,0 +1,109 @@
+//! Every error pg_warden raises, with its SQLSTATE, in one place.
+//!
+//! Messages name the problem and never carry key material, plaintext or the
+//! location of key files (clients see them; `SHOW` of those settings is
+//! superuser-only). SQL functions return `Result<T, ErrorReport>` and use `?`
+//! on a `WardenError`, so the code chosen here is what the client sees
+//! (a plain `Result<T, E>` would surface as SQLSTATE 22000).
+
+use crate::crypto::CryptoError;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WardenError {
+    #[error("{0} must not be NULL")]
+    NullArgument(&'static str),
+    #[error("malformed permission \"{0}\": expected resource.action, resource.* or *")]
+    MalformedPermission(String),
+    #[error("malformed resource name \"{0}\": expected lowercase letters, digits, _ or -")]
+    MalformedResource(String),
+    #[error("user {user} is not a member of workspace {workspace}")]
+    NotAMember { user: String, workspace: String },
+    #[error("permission denied: {0} is required")]
+    PermissionDenied(String),
+    #[error("permission denied: {0} is required, and no pg_warden context is set")]
+    PermissionDeniedNoContext(String),
+    #[error("column \"{column}\" of {table} does not exist")]
+    UndefinedColumn { table: String, column: String },
+    #[error("column \"{column}\" of {table} has type {found}; pg_warden needs uuid")]
+    ColumnNotUuid {
+        table: String,
+        column: String,
+        found: String,
+    },
+    #[error("no master key: set warden.master_key_file or warden.master_key_command")]
+    MasterKeyNotConfigured,
+    #[error("the master key file (warden.master_key_file) does not exist")]
+    MasterKeyFileMissing,
+    #[error("the master key file (warden.master_key_file) cannot be read: {0}")]
+    MasterKeyFileUnreadable(std::io::ErrorKind),
+    #[error(
+        "the master key file (warden.master_key_file) must be a regular file owned by the \
+         server's user with mode 0600 or 0400, not {mode:o}"
+    )]
+    MasterKeyFileTooPermissive { mode: u32 },
+    #[error("the master key file (warden.master_key_file) is not owned by the server's user")]
+    MasterKeyFileWrongOwner,
+    #[error("the master key from {0} is not 64 hexadecimal characters")]
+    MasterKeyMalformed(&'static str),
+    #[error("warden.master_key_command failed: {0}")]
+    MasterKeyCommandFailed(String),
+    #[error("internal error in pg_warden: {0}")]
+    Internal(String),
+}
+
+impl WardenError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            WardenError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            WardenError::MalformedPermission(_) | WardenError::MalformedResource(_) => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
+            WardenError::NotAMember { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            WardenError::PermissionDenied(_) | WardenError::PermissionDeniedNoContext(_) => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
+            WardenError::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            WardenError::ColumnNotUuid { .. } => ERRCODE_DATATYPE_MISMATCH,
+            WardenError::MasterKeyNotConfigured => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            WardenError::MasterKeyFileMissing => ERRCODE_UNDEFINED_FILE,
+            WardenError::MasterKeyFileUnreadable(_) | WardenError::MasterKeyCommandFailed(_) => {
+                ERRCODE_IO_ERROR
+            }
+            WardenError::MasterKeyFileTooPermissive { .. }
+            | WardenError::MasterKeyFileWrongOwner
+            | WardenError::MasterKeyMalformed(_) => ERRCODE_CONFIG_FILE_ERROR,
+            WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+}
+
+impl From<CryptoError> for WardenError {
+    fn from(e: CryptoError) -> Self {
+        // CryptoError's messages carry no secrets by construction.
+        WardenError::Internal(e.to_string())
+    }
+}
+
+impl From<pgrx::spi::SpiError> for WardenError {
+    fn from(e: pgrx::spi::SpiError) -> Self {
+        WardenError::Internal(format!("SPI: {e}"))
+    }
+}
+
+impl From<WardenError> for ErrorReport {
+    fn from(e: WardenError) -> Self {
+        ErrorReport::new(e.sqlstate(), e.to_string(), "pg_warden")
+    }
+}
+
+/// What every SQL function of ours returns.
+pub type SqlResult<T> = Result<T, ErrorReport>;
+
+/// A SQL argument that must not be NULL (our functions are not STRICT where
+/// a silent NULL result would hide a bug, e.g. a NULL workspace id).
+pub fn required<T>(value: Option<T>, name: &'static str) -> Result<T, WardenError> {
+    value.ok_or(WardenError::NullArgument(name))
+}

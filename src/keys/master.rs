@@ -1,0 +1,149 @@
+//! The master key: 32 bytes, read by each backend from
+//! `warden.master_key_file` or the output of `warden.master_key_command`,
+//! never passed through SQL and never logged.
+//!
+//! The key and what is derived from it are cached per backend, keyed by
+//! where the key came from: the setting's value and, for a file, its inode,
+//! size and modification time. A configuration reload that points elsewhere,
+//! or a replaced key file, is therefore picked up at the next use. A command
+//! is re-run only when `warden.master_key_command` changes (a command can be
+//! slow: a KMS round trip) or in a new backend.
+
+use crate::crypto::{derive_seal_key, Key32};
+use crate::error::WardenError;
+use crate::gucs;
+use pgrx::guc::GucSetting;
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::rc::Rc;
+use zeroize::Zeroizing;
+
+/// What the backend derives from one master key.
+pub struct MasterKeys {
+    /// Seals session contexts (`warden.context`).
+    pub seal: Key32,
+}
+
+/// Where a cached key came from; a different source means a reload.
+#[derive(PartialEq, Eq)]
+enum Source {
+    File {
+        path: CString,
+        ino: u64,
+        len: u64,
+        mtime: (i64, i64),
+    },
+    Command(CString),
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<(Source, Rc<MasterKeys>)>> = const { RefCell::new(None) };
+}
+
+/// Which master key setting to read: the current one, or the previous one
+/// during a master key rotation.
+pub struct KeySettings {
+    pub file: &'static GucSetting<Option<CString>>,
+    pub command: &'static GucSetting<Option<CString>>,
+}
+
+pub const CURRENT_SETTINGS: KeySettings = KeySettings {
+    file: &gucs::MASTER_KEY_FILE,
+    command: &gucs::MASTER_KEY_COMMAND,
+};
+
+/// The keys derived from the current master key, loading it if needed.
+pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
+    let source = locate(&CURRENT_SETTINGS)?;
+    if let Some(keys) = CURRENT.with_borrow(|c| {
+        c.as_ref()
+            .filter(|(s, _)| *s == source)
+            .map(|(_, k)| Rc::clone(k))
+    }) {
+        return Ok(keys);
+    }
+    let master = read(&source)?;
+    let keys = Rc::new(MasterKeys {
+        seal: derive_seal_key(&master),
+    });
+    CURRENT.with_borrow_mut(|c| *c = Some((source, Rc::clone(&keys))));
+    Ok(keys)
+}
+
+fn non_empty(setting: &'static GucSetting<Option<CString>>) -> Option<CString> {
+    setting.get().filter(|s| !s.as_bytes().is_empty())
+}
+
+fn locate(settings: &KeySettings) -> Result<Source, WardenError> {
+    if let Some(path) = non_empty(settings.file) {
+        let path_str = path
+            .to_str()
+            .map_err(|_| WardenError::MasterKeyFileMissing)?;
+        let meta = match std::fs::metadata(path_str) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(WardenError::MasterKeyFileMissing)
+            }
+            Err(e) => return Err(WardenError::MasterKeyFileUnreadable(e.kind())),
+        };
+        // Like PostgreSQL's own ssl_key_file check: a key others can read
+        // is refused, whatever it holds.
+        let mode = meta.mode() & 0o7777;
+        if !meta.is_file() || mode & 0o077 != 0 {
+            return Err(WardenError::MasterKeyFileTooPermissive { mode });
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if meta.uid() != unsafe { libc::geteuid() } {
+            return Err(WardenError::MasterKeyFileWrongOwner);
+        }
+        return Ok(Source::File {
+            path,
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        });
+    }
+    if let Some(command) = non_empty(settings.command) {
+        return Ok(Source::Command(command));
+    }
+    Err(WardenError::MasterKeyNotConfigured)
+}
+
+fn read(source: &Source) -> Result<Key32, WardenError> {
+    // The raw text is zeroized when dropped, whatever happens below.
+    let mut text = Zeroizing::new(Vec::with_capacity(80));
+    match source {
+        Source::File { path, .. } => {
+            let path = path
+                .to_str()
+                .map_err(|_| WardenError::MasterKeyFileMissing)?;
+            std::fs::File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut text))
+                .map_err(|e| WardenError::MasterKeyFileUnreadable(e.kind()))?;
+            Key32::from_hex_bytes(&text)
+                .map_err(|_| WardenError::MasterKeyMalformed("warden.master_key_file"))
+        }
+        Source::Command(command) => {
+            let command = command.to_str().map_err(|_| {
+                WardenError::MasterKeyCommandFailed("the command is not valid UTF-8".into())
+            })?;
+            let output = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(command)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .map_err(|e| WardenError::MasterKeyCommandFailed(e.kind().to_string()))?;
+            *text = output.stdout;
+            if !output.status.success() {
+                return Err(WardenError::MasterKeyCommandFailed(
+                    output.status.to_string(),
+                ));
+            }
+            Key32::from_hex_bytes(&text)
+                .map_err(|_| WardenError::MasterKeyMalformed("warden.master_key_command"))
+        }
+    }
+}

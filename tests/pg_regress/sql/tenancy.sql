@@ -1,0 +1,208 @@
+-- Tenancy as an application sees it: contexts, helpers, permissions on the
+-- role ladder, and the policy generators, exercised as non-superuser roles.
+-- Workspaces: A = aaaa..., B = bbbb....
+INSERT INTO warden.memberships (workspace_id, user_id, role) VALUES
+    ('aaaaaaaa-0000-4000-8000-000000000000', '00000000-0000-4000-8000-0000000a11ce', 'admin'),
+    ('aaaaaaaa-0000-4000-8000-000000000000', '00000000-0000-4000-8000-000000000b0b', 'viewer'),
+    ('aaaaaaaa-0000-4000-8000-000000000000', '00000000-0000-4000-8000-00000000e412', 'user'),
+    ('bbbbbbbb-0000-4000-8000-000000000000', '00000000-0000-4000-8000-00000000e412', 'viewer'),
+    ('bbbbbbbb-0000-4000-8000-000000000000', '00000000-0000-4000-8000-00000000ca20', 'manager'),
+    (NULL, '00000000-0000-4000-8000-00000000d00d', 'super_admin');
+INSERT INTO warden.role_permissions (role, permission) VALUES
+    ('viewer', 'invoices.read'),
+    ('user', 'invoices.create'),
+    ('manager', 'invoices.update'),
+    ('manager', 'reports.*'),
+    ('admin', 'invoices.delete');
+
+CREATE ROLE regress_app IN ROLE warden_user;
+CREATE ROLE regress_owner;
+GRANT CREATE ON SCHEMA public TO regress_owner;
+SET ROLE regress_app;
+
+-- No context: the helpers answer NULL / false.
+SELECT warden.current_workspace_id(), warden.current_user_id(), warden.current_role(),
+       warden.current_level(), warden.has_level(0), warden.can('invoices.read');
+SELECT regress.error_of($$SELECT warden.require('invoices.read')$$);
+
+-- A context: resolved once, returned sealed.
+BEGIN;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-00000000e412') LIKE 'v1.%' AS sealed;
+SELECT warden.current_workspace_id(), warden.current_user_id(), warden.current_role(),
+       warden.current_level();
+-- user (40) holds its own permissions and those of viewer (20).
+SELECT p, warden.can(p) FROM unnest(ARRAY['invoices.read', 'invoices.create',
+    'invoices.update', 'invoices.delete', 'invoices.*', 'reports.read']) AS p;
+SELECT warden.has_level(40) AS at_40, warden.has_level(41) AS at_41;
+SELECT warden.require('invoices.create');
+SELECT regress.error_of($$SELECT warden.require('invoices.delete')$$);
+COMMIT;
+-- is_local (the default): the context ended with the transaction.
+SELECT warden.current_workspace_id() IS NULL AS gone;
+
+-- The same user in another workspace has that workspace's role.
+SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-00000000e412', false) IS NOT NULL AS set;
+SELECT warden.current_workspace_id(), warden.current_role(), warden.can('invoices.create');
+
+-- manager (60) in B: resource wildcards and inheritance.
+SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-00000000ca20', false) IS NOT NULL AS set;
+SELECT p, warden.can(p) FROM unnest(ARRAY['invoices.read', 'invoices.create',
+    'invoices.update', 'invoices.delete', 'reports.export', 'reports.*']) AS p;
+
+-- A global super_admin counts in every workspace and holds '*'.
+SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-00000000d00d', false) IS NOT NULL AS set;
+SELECT warden.current_workspace_id(), warden.current_role(), warden.current_level(),
+       warden.can('anything.at_all');
+
+-- Not a member, NULL arguments, malformed permissions.
+SELECT regress.error_of($$SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                                                    '00000000-0000-4000-8000-0000000a11ce')$$);
+SELECT regress.error_of($$SELECT warden.set_context(NULL, '00000000-0000-4000-8000-0000000a11ce')$$);
+SELECT regress.error_of($$SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000', NULL)$$);
+SELECT regress.error_of($$SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                                                    '00000000-0000-4000-8000-00000000ca20', NULL)$$);
+SELECT regress.error_of(format('SELECT warden.can(%L)', p))
+  FROM unnest(ARRAY['', ' ', 'invoices', 'a..b', 'invoices.read.all', 'Invoices.read',
+                    'invoices read', '*.read']) AS p;
+SELECT regress.error_of('SELECT warden.can(NULL)');
+SELECT regress.error_of('SELECT warden.has_level(NULL)');
+SELECT regress.error_of('SELECT warden.require(NULL)');
+-- A failed set_context leaves the previous context in place.
+SELECT warden.current_role();
+
+-- Writing the setting directly forges nothing.
+SET warden.context = 'v1.7b7d.00';
+SELECT warden.current_workspace_id() IS NULL AS forged_is_no_context;
+RESET warden.context;
+-- An edited token (one payload character changed) is no context either.
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-000000000b0b', false) AS token \gset
+SELECT set_config('warden.context', overlay(:'token' placing
+         CASE WHEN substr(:'token', 10, 1) = '0' THEN '1' ELSE '0' END from 10 for 1), false) IS NOT NULL AS edited;
+SELECT warden.current_workspace_id() IS NULL AS edited_is_no_context;
+-- The unedited token, set the way a Citus coordinator sends it, is the context.
+BEGIN;
+SELECT set_config('warden.context', :'token', true) IS NOT NULL AS set_local;
+SELECT warden.current_workspace_id(), warden.current_role();
+COMMIT;
+SELECT warden.clear_context();
+SELECT warden.current_workspace_id() IS NULL AS cleared;
+RESET ROLE;
+
+-- Policy generators on a table owned by a non-superuser (FORCE RLS binds
+-- the owner too), with a name that needs quoting.
+SET ROLE regress_owner;
+CREATE TABLE public."Invoice Items" (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    "Workspace" uuid NOT NULL,
+    owner_id uuid NOT NULL,
+    amount int NOT NULL,
+    note text
+);
+SELECT warden.isolate('public."Invoice Items"', 'Workspace');
+SELECT warden.isolate('public."Invoice Items"', 'Workspace');   -- idempotent
+SELECT warden.protect('public."Invoice Items"', 'invoices');
+SELECT warden.protect('public."Invoice Items"', 'invoices');   -- idempotent
+SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'public."Invoice Items"'::regclass;
+SELECT policyname, permissive, cmd, qual, with_check FROM pg_policies
+ WHERE tablename = 'Invoice Items' ORDER BY policyname;
+-- Generator errors.
+SELECT regress.error_of($$SELECT warden.isolate('public."Invoice Items"', 'workspace_id')$$);
+SELECT regress.error_of($$SELECT warden.isolate('public."Invoice Items"', 'note')$$);
+SELECT regress.error_of($$SELECT warden.isolate(NULL)$$);
+SELECT regress.error_of($$SELECT warden.protect('public."Invoice Items"', 'Bad Resource')$$);
+SELECT regress.error_of($$SELECT warden.protect('public."Invoice Items"', NULL)$$);
+SELECT regress.error_of($$SELECT warden.isolate('no_such_table')$$);
+GRANT SELECT, INSERT, UPDATE, DELETE ON public."Invoice Items" TO regress_app;
+RESET ROLE;
+-- Rows for both workspaces, written around RLS by the superuser.
+INSERT INTO public."Invoice Items" ("Workspace", owner_id, amount) VALUES
+    ('aaaaaaaa-0000-4000-8000-000000000000', '00000000-0000-4000-8000-0000000a11ce', 100),
+    ('aaaaaaaa-0000-4000-8000-000000000000', '00000000-0000-4000-8000-00000000e412', 200),
+    ('bbbbbbbb-0000-4000-8000-000000000000', '00000000-0000-4000-8000-00000000ca20', 300);
+
+-- The owner without a context sees nothing (FORCE ROW LEVEL SECURITY).
+SET ROLE regress_owner;
+SELECT count(*) AS owner_sees FROM public."Invoice Items";
+RESET ROLE;
+
+SET ROLE regress_app;
+-- viewer in A: reads A only, may not write.
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-000000000b0b', false) IS NOT NULL AS set;
+SELECT amount FROM public."Invoice Items" ORDER BY amount;
+SELECT regress.error_of($$INSERT INTO public."Invoice Items" ("Workspace", owner_id, amount)
+                          VALUES ('aaaaaaaa-0000-4000-8000-000000000000', gen_random_uuid(), 1)$$);
+UPDATE public."Invoice Items" SET amount = amount + 1;   -- no update permission: 0 rows
+DELETE FROM public."Invoice Items";                       -- no delete permission: 0 rows
+-- admin in A: everything in A, nothing in B, and no moving rows to B.
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
+INSERT INTO public."Invoice Items" ("Workspace", owner_id, amount)
+VALUES ('aaaaaaaa-0000-4000-8000-000000000000', '00000000-0000-4000-8000-0000000a11ce', 150);
+SELECT regress.error_of($$INSERT INTO public."Invoice Items" ("Workspace", owner_id, amount)
+                          VALUES ('bbbbbbbb-0000-4000-8000-000000000000', gen_random_uuid(), 1)$$);
+SELECT regress.error_of($$UPDATE public."Invoice Items"
+                          SET "Workspace" = 'bbbbbbbb-0000-4000-8000-000000000000' WHERE amount = 100$$);
+UPDATE public."Invoice Items" SET amount = amount + 1 WHERE amount = 200;
+SELECT amount FROM public."Invoice Items" ORDER BY amount;
+DELETE FROM public."Invoice Items" WHERE amount = 150;
+-- manager in B sees B's row only.
+SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-00000000ca20', false) IS NOT NULL AS set;
+SELECT amount FROM public."Invoice Items" ORDER BY amount;
+-- A forged context sees nothing.
+SET warden.context = 'v1.00.00';
+SELECT count(*) AS forged_sees FROM public."Invoice Items";
+SELECT warden.clear_context();
+RESET ROLE;
+
+-- isolate_user: within a workspace, each user sees only their own rows.
+SET ROLE regress_owner;
+SELECT warden.isolate_user('public."Invoice Items"', 'owner_id');
+SELECT policyname, permissive, cmd, qual FROM pg_policies
+ WHERE tablename = 'Invoice Items' AND policyname = 'warden_isolate_user';
+RESET ROLE;
+SET ROLE regress_app;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
+SELECT amount FROM public."Invoice Items" ORDER BY amount;
+SELECT warden.clear_context();
+RESET ROLE;
+
+-- Bare calls (the Citus form) on request.
+SET warden.policy_calls = bare;
+CREATE TABLE public.bare_calls (workspace_id uuid NOT NULL);
+SELECT warden.isolate('public.bare_calls');
+SELECT policyname, qual FROM pg_policies WHERE tablename = 'bare_calls' AND cmd = 'SELECT';
+RESET warden.policy_calls;
+
+-- 'transaction' scope: a context never outlives its transaction, even when
+-- set session-wide or written directly.
+SET warden.context_scope = 'transaction';
+SET ROLE regress_app;
+BEGIN;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) AS token \gset
+SELECT warden.current_role();
+COMMIT;
+SELECT warden.current_role() IS NULL AS gone_after_commit;
+SET warden.context = :'token';
+SELECT warden.current_role() IS NULL AS direct_set_gone_after_commit;
+BEGIN;
+SET warden.context = :'token';
+SELECT warden.current_role() AS within_the_transaction;
+ROLLBACK;
+SELECT warden.current_role() IS NULL AS gone_after_rollback;
+RESET ROLE;
+RESET warden.context_scope;
+
+DROP TABLE public."Invoice Items", public.bare_calls;
+DELETE FROM warden.memberships;
+DELETE FROM warden.role_permissions WHERE role <> 'super_admin';
+REVOKE CREATE ON SCHEMA public FROM regress_owner;
+DROP ROLE regress_app, regress_owner;
