@@ -14,7 +14,7 @@ use crate::crypto::{open_token, seal_token};
 use crate::error::WardenError;
 use crate::gucs::{self, ContextScope};
 use crate::keys::master;
-use pgrx::pg_sys;
+use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -128,22 +128,72 @@ pub fn validate_resource(resource: &str) -> Result<(), WardenError> {
     }
 }
 
+/// A user's role, level and effective permissions in a workspace.
+pub struct Resolved {
+    role: String,
+    level: i32,
+    perms: Vec<String>,
+}
+
+/// Looks up `user_id`'s membership in `workspace_id` (a global super_admin
+/// membership counts everywhere; the highest role wins) and the permissions
+/// of every role at or below its level. `None`: not a member. Reads the
+/// tables with the current user's rights: callers run as their owner
+/// (`set_context` is SECURITY DEFINER; claims switch user).
+pub fn resolve(workspace_id: [u8; 16], user_id: [u8; 16]) -> Result<Option<Resolved>, WardenError> {
+    let (ws, user) = (
+        pgrx::Uuid::from_bytes(workspace_id),
+        pgrx::Uuid::from_bytes(user_id),
+    );
+    let membership = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT m.role, r.level
+               FROM warden.memberships AS m
+               JOIN warden.roles AS r ON r.name OPERATOR(pg_catalog.=) m.role
+              WHERE m.user_id OPERATOR(pg_catalog.=) $2
+                AND (m.workspace_id OPERATOR(pg_catalog.=) $1 OR m.workspace_id IS NULL)
+              ORDER BY r.level DESC
+              LIMIT 1",
+            None,
+            &[ws.into(), user.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok::<_, WardenError>(None);
+        }
+        match rows.first().get_two::<String, i32>()? {
+            (Some(role), Some(level)) => Ok(Some((role, level))),
+            _ => Ok(None),
+        }
+    })?;
+    let Some((role, level)) = membership else {
+        return Ok(None);
+    };
+    // A role holds its own permissions and those of every lower level.
+    let perms = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT COALESCE(pg_catalog.array_agg(DISTINCT p.permission), '{}')
+           FROM warden.role_permissions AS p
+           JOIN warden.roles AS r ON r.name OPERATOR(pg_catalog.=) p.role
+          WHERE r.level OPERATOR(pg_catalog.<=) $1",
+        &[level.into()],
+    )?
+    .unwrap_or_default();
+    Ok(Some(Resolved { role, level, perms }))
+}
+
 /// Seals a resolved context for the current database.
 pub fn seal(
     workspace_id: [u8; 16],
     user_id: [u8; 16],
-    role: String,
-    level: i32,
-    perms: Vec<String>,
+    resolved: Resolved,
 ) -> Result<String, WardenError> {
     let payload = Payload {
         // SAFETY: MyDatabaseId is set once at backend start and only read.
         db: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         ws: hex::encode(workspace_id),
         user: hex::encode(user_id),
-        role,
-        level,
-        perms,
+        role: resolved.role,
+        level: resolved.level,
+        perms: resolved.perms,
     };
     let json = serde_json::to_vec(&payload).map_err(|e| WardenError::Internal(e.to_string()))?;
     Ok(seal_token(&master::current()?.seal, &json))
@@ -205,30 +255,139 @@ thread_local! {
 }
 
 /// The acting context, or `None` when there is none (unset, cleared,
-/// forged, or set in another database).
+/// forged, or set in another database; with `warden.trust_jwt_claims`, the
+/// claims' user is not a member of their workspace).
 pub fn current() -> Result<Option<Rc<Context>>, WardenError> {
-    let cached = with_raw_setting(|raw| {
+    enum Seen {
+        Unset,
+        Cached(Option<Rc<Context>>),
+        New,
+    }
+    let seen = with_raw_setting(|raw| {
         if raw.is_empty() {
-            return Some(None);
+            return Seen::Unset;
         }
         CACHE.with_borrow(|c| {
             c.as_ref()
                 .filter(|v| v.token == raw)
-                .map(|v| v.context.clone())
+                .map_or(Seen::New, |v| Seen::Cached(v.context.clone()))
         })
     });
-    if let Some(ctx) = cached {
+    match seen {
+        Seen::Unset if gucs::TRUST_JWT_CLAIMS.get() => from_claims(),
+        Seen::Unset => Ok(None),
+        Seen::Cached(ctx) => Ok(ctx),
+        Seen::New => {
+            let token = with_raw_setting(|raw| raw.to_vec());
+            let ctx = verify(&token)?.map(Rc::new);
+            CACHE.with_borrow_mut(|c| {
+                *c = Some(Verified {
+                    token,
+                    context: ctx.clone(),
+                })
+            });
+            Ok(ctx)
+        }
+    }
+}
+
+thread_local! {
+    /// Claims resolved in this transaction (cleared at its end).
+    static CLAIMS: RefCell<Option<Verified>> = const { RefCell::new(None) };
+}
+
+/// The context PostgREST's `request.jwt.claims` describe: the user from
+/// `sub`, the workspace from the claim named by `warden.jwt_workspace_claim`,
+/// checked against the memberships once per transaction (the claims of a
+/// request do not change within it, but memberships may between requests).
+fn from_claims() -> Result<Option<Rc<Context>>, WardenError> {
+    // SAFETY: GetConfigOption returns NULL or a string owned by the GUC
+    // machinery, valid until the setting changes; we copy it at once.
+    let claims = unsafe {
+        let ptr = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
+        if ptr.is_null() {
+            return Ok(None);
+        }
+        CStr::from_ptr(ptr).to_bytes().to_vec()
+    };
+    if claims.is_empty() {
+        return Ok(None);
+    }
+    if let Some(ctx) = CLAIMS.with_borrow(|c| {
+        c.as_ref()
+            .filter(|v| v.token == claims)
+            .map(|v| v.context.clone())
+    }) {
         return Ok(ctx);
     }
-    let token = with_raw_setting(|raw| raw.to_vec());
-    let ctx = verify(&token)?.map(Rc::new);
-    CACHE.with_borrow_mut(|c| {
+    let ctx = match claimed_ids(&claims) {
+        Some((workspace_id, user_id)) => as_memberships_owner(|| resolve(workspace_id, user_id))?
+            .map(|r| {
+                Rc::new(Context::new(
+                    workspace_id,
+                    user_id,
+                    r.role,
+                    r.level,
+                    r.perms,
+                ))
+            }),
+        None => None,
+    };
+    CLAIMS.with_borrow_mut(|c| {
         *c = Some(Verified {
-            token,
+            token: claims,
             context: ctx.clone(),
         })
     });
     Ok(ctx)
+}
+
+/// (workspace, user) from the claims JSON; `None` if either is missing or
+/// not a UUID (no context, never an error: policies call this per query).
+fn claimed_ids(claims: &[u8]) -> Option<([u8; 16], [u8; 16])> {
+    let claims: serde_json::Value = serde_json::from_slice(claims).ok()?;
+    let claim_name = gucs::JWT_WORKSPACE_CLAIM.get()?;
+    let workspace = claims.get(claim_name.to_str().ok()?)?.as_str()?;
+    let user = claims.get("sub")?.as_str()?;
+    Some((parse_uuid(workspace)?, parse_uuid(user)?))
+}
+
+/// A UUID in its canonical 8-4-4-4-12 hexadecimal form.
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lengths != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    uuid_from_hex(&groups.concat())
+}
+
+/// Runs `f` as the owner of `warden.memberships`, as a SECURITY DEFINER
+/// function would: the querying role (PostgREST's) may not read
+/// memberships. An error inside `f` aborts the (sub)transaction, which
+/// restores the previous user, exactly as for SECURITY DEFINER.
+fn as_memberships_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, WardenError> {
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT c.relowner FROM pg_catalog.pg_class AS c
+          WHERE c.oid OPERATOR(pg_catalog.=) 'warden.memberships'::pg_catalog.regclass",
+    )?
+    .ok_or_else(|| WardenError::Internal("warden.memberships has no owner".into()))?;
+    let (mut user, mut sec_context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: plain getters/setters of backend globals; the flags keep the
+    // switch local (no SET ROLE) and restricted, like SECURITY DEFINER.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            sec_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let result = f();
+    // SAFETY: as above, restoring what we read.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, sec_context) };
+    result
 }
 
 /// Registers the end-of-transaction hook that enforces
@@ -248,8 +407,15 @@ unsafe extern "C-unwind" fn end_of_transaction(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
-    let ending = event == pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT
-        || event == pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE;
+    use pg_sys::XactEvent::*;
+    // Claims are resolved once per transaction.
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
+    ) {
+        CLAIMS.with_borrow_mut(|c| *c = None);
+    }
+    let ending = event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE;
     if ending
         && gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction
         && !with_raw_setting(|raw| raw.is_empty())

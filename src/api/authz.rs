@@ -34,46 +34,14 @@ fn set_context(
     let is_local =
         required(is_local, "is_local")? || gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction;
 
-    // The highest of the user's memberships here and a global one.
-    let membership = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT m.role, r.level
-               FROM warden.memberships AS m
-               JOIN warden.roles AS r ON r.name = m.role
-              WHERE m.user_id = $2
-                AND (m.workspace_id = $1 OR m.workspace_id IS NULL)
-              ORDER BY r.level DESC
-              LIMIT 1",
-            None,
-            &[workspace_id.into(), user_id.into()],
-        )?;
-        if rows.is_empty() {
-            return Ok::<_, WardenError>(None);
-        }
-        match rows.first().get_two::<String, i32>()? {
-            (Some(role), Some(level)) => Ok(Some((role, level))),
-            _ => Ok(None),
-        }
-    })?;
-    let Some((role, level)) = membership else {
+    let Some(resolved) = context::resolve(*workspace_id, *user_id)? else {
         return Err(WardenError::NotAMember {
             user: user_id.to_string(),
             workspace: workspace_id.to_string(),
         }
         .into());
     };
-    // A role holds its own permissions and those of every lower level.
-    let perms = Spi::get_one_with_args::<Vec<String>>(
-        "SELECT COALESCE(pg_catalog.array_agg(DISTINCT p.permission), '{}')
-           FROM warden.role_permissions AS p
-           JOIN warden.roles AS r ON r.name = p.role
-          WHERE r.level <= $1",
-        &[level.into()],
-    )
-    .map_err(WardenError::from)?
-    .unwrap_or_default();
-
-    let token = context::seal(*workspace_id, *user_id, role, level, perms)?;
+    let token = context::seal(*workspace_id, *user_id, resolved)?;
     if is_local && !unsafe { pg_sys::IsTransactionBlock() } {
         pgrx::warning!(
             "warden.set_context() with is_local => true outside a transaction block lasts only \

@@ -390,3 +390,68 @@ fn transaction_scope_behind_pgbouncer() {
         assert_eq!(simple_rows(&mut a, &sql), [[Some("1".to_string())]]);
     }
 }
+
+#[test]
+fn postgrest_claims_resolved_once_per_transaction() {
+    setup("tenancy_claims");
+    let c = cluster();
+    // PostgREST's authenticator: trusted with claims by the superuser, and
+    // needing nothing from pg_warden itself (the helpers are PUBLIC).
+    c.create_login_role("claims_api", &[]);
+    let mut su = c.superuser("tenancy_claims");
+    su.batch_execute(
+        "GRANT SELECT ON public.docs TO claims_api;
+         ALTER ROLE claims_api IN DATABASE tenancy_claims SET warden.trust_jwt_claims = on;",
+    )
+    .unwrap();
+    let mut api = c.connect("tenancy_claims", "claims_api").unwrap();
+    let claims = format!(r#"{{"sub": "{BOB_VIEWER_A}", "workspace_id": "{WS_A}"}}"#);
+    let request = |api: &mut Client| -> Vec<i32> {
+        let mut tx = api.transaction().unwrap();
+        tx.execute(
+            "SELECT set_config('request.jwt.claims', $1, true)",
+            &[&claims],
+        )
+        .unwrap();
+        let ids = tx
+            .query("SELECT id FROM public.docs ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().unwrap();
+        ids
+    };
+    assert_eq!(request(&mut api), vec![1]);
+
+    // Within a transaction the resolution holds; the next one sees the
+    // membership change.
+    let mut tx = api.transaction().unwrap();
+    tx.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&claims],
+    )
+    .unwrap();
+    assert_eq!(
+        tx.query("SELECT id FROM public.docs", &[]).unwrap().len(),
+        1
+    );
+    su.execute(
+        "DELETE FROM warden.memberships WHERE user_id = $1::text::uuid",
+        &[&BOB_VIEWER_A],
+    )
+    .unwrap();
+    assert_eq!(
+        tx.query("SELECT id FROM public.docs", &[]).unwrap().len(),
+        1
+    );
+    tx.commit().unwrap();
+    assert_eq!(request(&mut api), Vec::<i32>::new());
+
+    // The client cannot switch claims trust on for itself.
+    let mut app = c.connect("tenancy_claims", "tenancy_app").unwrap();
+    let err = app
+        .batch_execute("SET warden.trust_jwt_claims = on")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err}");
+}

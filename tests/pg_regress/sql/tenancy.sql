@@ -201,7 +201,66 @@ SELECT warden.current_role() IS NULL AS gone_after_rollback;
 RESET ROLE;
 RESET warden.context_scope;
 
-DROP TABLE public."Invoice Items", public.bare_calls;
+-- PostgREST claims: off by default, superuser-only to turn on.
+SET ROLE regress_app;
+SET request.jwt.claims = '{"sub": "00000000-0000-4000-8000-00000000e412", "workspace_id": "aaaaaaaa-0000-4000-8000-000000000000", "role": "authenticated"}';
+SELECT warden.current_user_id() IS NULL AS claims_ignored_by_default;
+RESET ROLE;
+SET warden.trust_jwt_claims = on;
+SET ROLE regress_app;
+SELECT warden.current_workspace_id(), warden.current_user_id(), warden.current_role(),
+       warden.can('invoices.create');
+SELECT amount FROM public."Invoice Items" ORDER BY amount;   -- isolate_user: erin's row
+-- An explicit context wins over claims.
+SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-00000000ca20', false) IS NOT NULL AS set;
+SELECT warden.current_role();
+SELECT warden.clear_context();
+-- Claims for a non-member, or that are not what we need, are no context.
+SET request.jwt.claims = '{"sub": "00000000-0000-4000-8000-000000000b0b", "workspace_id": "bbbbbbbb-0000-4000-8000-000000000000"}';
+SELECT warden.current_user_id() IS NULL AS non_member;
+SET request.jwt.claims = '{"sub": "00000000-0000-4000-8000-000000000b0b"}';
+SELECT warden.current_user_id() IS NULL AS no_workspace_claim;
+SET request.jwt.claims = '{"sub": "not-a-uuid", "workspace_id": "aaaaaaaa-0000-4000-8000-000000000000"}';
+SELECT warden.current_user_id() IS NULL AS bad_sub;
+SET request.jwt.claims = 'not json';
+SELECT warden.current_user_id() IS NULL AS not_json;
+RESET ROLE;
+-- Another claim name for the workspace.
+SET warden.jwt_workspace_claim = 'tenant';
+SET ROLE regress_app;
+SET request.jwt.claims = '{"sub": "00000000-0000-4000-8000-00000000ca20", "tenant": "bbbbbbbb-0000-4000-8000-000000000000"}';
+SELECT warden.current_workspace_id(), warden.current_role();
+RESET ROLE;
+RESET warden.jwt_workspace_claim;
+RESET warden.trust_jwt_claims;
+RESET request.jwt.claims;
+
+-- Parallel workers see the same context (bare calls run in the workers).
+CREATE TABLE public.parallel_rows (workspace_id uuid NOT NULL, n int);
+INSERT INTO public.parallel_rows
+SELECT CASE WHEN g % 4 = 0 THEN 'aaaaaaaa-0000-4000-8000-000000000000'::uuid
+            ELSE 'bbbbbbbb-0000-4000-8000-000000000000'::uuid END, g
+  FROM generate_series(1, 20000) AS g;
+SET warden.policy_calls = bare;
+SELECT warden.isolate('public.parallel_rows');
+RESET warden.policy_calls;
+GRANT SELECT ON public.parallel_rows TO regress_app;
+ANALYZE public.parallel_rows;
+SET ROLE regress_app;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM public.parallel_rows;
+SELECT count(*) FROM public.parallel_rows;
+SELECT warden.clear_context();
+RESET ALL;
+RESET ROLE;
+
+DROP TABLE public."Invoice Items", public.bare_calls, public.parallel_rows;
 DELETE FROM warden.memberships;
 DELETE FROM warden.role_permissions WHERE role <> 'super_admin';
 REVOKE CREATE ON SCHEMA public FROM regress_owner;
