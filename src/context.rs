@@ -10,13 +10,14 @@
 //! context). Backend memory only caches the verified token, keyed by its
 //! exact bytes, so the policy helpers cost a byte comparison per call.
 
+use crate::backend::BackendLocal;
 use crate::crypto::{open_token, seal_token};
 use crate::error::WardenError;
 use crate::gucs::{self, ContextScope};
 use crate::keys::master;
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ffi::CStr;
 use std::rc::Rc;
@@ -33,6 +34,9 @@ pub struct Context {
     whole_resources: HashSet<String>,
     /// `*`: everything.
     everything: bool,
+    /// The last permission asked about and the answer: a policy asks the
+    /// same question on every row.
+    last_answer: RefCell<Option<(String, bool)>>,
 }
 
 impl Context {
@@ -51,6 +55,7 @@ impl Context {
             exact: HashSet::new(),
             whole_resources: HashSet::new(),
             everything: false,
+            last_answer: RefCell::new(None),
         };
         for perm in perms {
             if perm == "*" {
@@ -64,10 +69,22 @@ impl Context {
         ctx
     }
 
-    /// Whether this context holds `permission` (already validated with
-    /// [`validate_permission`]). A wildcard argument asks for the wildcard
-    /// itself: `can('invoices.*')` needs `invoices.*` or `*`.
-    pub fn can(&self, permission: &str) -> bool {
+    /// Whether this context holds `permission`, which must be well-formed.
+    /// A wildcard argument asks for the wildcard itself: `can('invoices.*')`
+    /// needs `invoices.*` or `*`.
+    pub fn check(&self, permission: &str) -> Result<bool, WardenError> {
+        if let Some((last, answer)) = &*self.last_answer.borrow() {
+            if last == permission {
+                return Ok(*answer);
+            }
+        }
+        validate_permission(permission)?;
+        let answer = self.can(permission);
+        *self.last_answer.borrow_mut() = Some((permission.to_string(), answer));
+        Ok(answer)
+    }
+
+    fn can(&self, permission: &str) -> bool {
         if self.everything || self.exact.contains(permission) {
             return true;
         }
@@ -246,12 +263,26 @@ fn with_raw_setting<R>(f: impl FnOnce(&[u8]) -> R) -> R {
 
 /// The last token seen and what it verified to (`None`: no context).
 struct Verified {
+    /// `ASSIGNMENTS` when this was last checked against the setting.
+    generation: u64,
     token: Vec<u8>,
     context: Option<Rc<Context>>,
 }
 
-thread_local! {
-    static CACHE: RefCell<Option<Verified>> = const { RefCell::new(None) };
+static CACHE: BackendLocal<RefCell<Option<Verified>>> = BackendLocal::new(RefCell::new(None));
+/// Counts assignments to `warden.context` in this backend (SET, SET
+/// LOCAL, RESET, end-of-transaction restores, parallel worker start-up:
+/// PostgreSQL calls the assign hook for each). While it is unchanged,
+/// the setting is the string the cache was checked against, so the
+/// policy helpers skip even the byte comparison.
+static ASSIGNMENTS: BackendLocal<Cell<u64>> = BackendLocal::new(Cell::new(0));
+
+/// Assign hook of `warden.context` (registered in `gucs.rs`).
+pub unsafe extern "C-unwind" fn context_assigned(
+    _newval: *const std::ffi::c_char,
+    _extra: *mut std::ffi::c_void,
+) {
+    ASSIGNMENTS.set(ASSIGNMENTS.get().wrapping_add(1));
 }
 
 /// The acting context, or `None` when there is none (unset, cleared,
@@ -263,15 +294,26 @@ pub fn current() -> Result<Option<Rc<Context>>, WardenError> {
         Cached(Option<Rc<Context>>),
         New,
     }
+    let generation = ASSIGNMENTS.get();
+    let fast = CACHE
+        .borrow()
+        .as_ref()
+        .filter(|v| v.generation == generation)
+        .map(|v| v.context.clone());
+    if let Some(Some(ctx)) = fast {
+        return Ok(Some(ctx));
+    }
     let seen = with_raw_setting(|raw| {
         if raw.is_empty() {
             return Seen::Unset;
         }
-        CACHE.with_borrow(|c| {
-            c.as_ref()
-                .filter(|v| v.token == raw)
-                .map_or(Seen::New, |v| Seen::Cached(v.context.clone()))
-        })
+        match &mut *CACHE.borrow_mut() {
+            Some(v) if v.token == raw => {
+                v.generation = generation;
+                Seen::Cached(v.context.clone())
+            }
+            _ => Seen::New,
+        }
     });
     match seen {
         Seen::Unset if gucs::TRUST_JWT_CLAIMS.get() => from_claims(),
@@ -279,22 +321,19 @@ pub fn current() -> Result<Option<Rc<Context>>, WardenError> {
         Seen::Cached(ctx) => Ok(ctx),
         Seen::New => {
             let token = with_raw_setting(|raw| raw.to_vec());
-            let ctx = verify(&token)?.map(Rc::new);
-            CACHE.with_borrow_mut(|c| {
-                *c = Some(Verified {
-                    token,
-                    context: ctx.clone(),
-                })
+            let context = verify(&token)?.map(Rc::new);
+            *CACHE.borrow_mut() = Some(Verified {
+                generation,
+                token,
+                context: context.clone(),
             });
-            Ok(ctx)
+            Ok(context)
         }
     }
 }
 
-thread_local! {
-    /// Claims resolved in this transaction (cleared at its end).
-    static CLAIMS: RefCell<Option<Verified>> = const { RefCell::new(None) };
-}
+/// Claims resolved in this transaction (cleared at its end).
+static CLAIMS: BackendLocal<RefCell<Option<Verified>>> = BackendLocal::new(RefCell::new(None));
 
 /// The context PostgREST's `request.jwt.claims` describe: the user from
 /// `sub`, the workspace from the claim named by `warden.jwt_workspace_claim`,
@@ -313,11 +352,12 @@ fn from_claims() -> Result<Option<Rc<Context>>, WardenError> {
     if claims.is_empty() {
         return Ok(None);
     }
-    if let Some(ctx) = CLAIMS.with_borrow(|c| {
-        c.as_ref()
-            .filter(|v| v.token == claims)
-            .map(|v| v.context.clone())
-    }) {
+    let cached = CLAIMS
+        .borrow()
+        .as_ref()
+        .filter(|v| v.token == claims)
+        .map(|v| v.context.clone());
+    if let Some(ctx) = cached {
         return Ok(ctx);
     }
     let ctx = match claimed_ids(&claims) {
@@ -333,11 +373,10 @@ fn from_claims() -> Result<Option<Rc<Context>>, WardenError> {
             }),
         None => None,
     };
-    CLAIMS.with_borrow_mut(|c| {
-        *c = Some(Verified {
-            token: claims,
-            context: ctx.clone(),
-        })
+    *CLAIMS.borrow_mut() = Some(Verified {
+        generation: 0,
+        token: claims,
+        context: ctx.clone(),
     });
     Ok(ctx)
 }
@@ -413,7 +452,7 @@ unsafe extern "C-unwind" fn end_of_transaction(
         event,
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
     ) {
-        CLAIMS.with_borrow_mut(|c| *c = None);
+        *CLAIMS.borrow_mut() = None;
     }
     let ending = event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE;
     if ending

@@ -99,8 +99,16 @@ impl From<WardenError> for ErrorReport {
     }
 }
 
-/// What every SQL function of ours returns.
+/// What our SQL functions return.
 pub type SqlResult<T> = Result<T, ErrorReport>;
+
+/// Raises `e` as a PostgreSQL ERROR. Only for the policy helpers, which
+/// run on every row and return plain values: a `SqlResult` moves a
+/// 200-byte `ErrorReport`-sized value on every call.
+pub fn raise(e: WardenError) -> ! {
+    ErrorReport::from(e).report(pgrx::PgLogLevel::ERROR);
+    unreachable!("an ERROR report does not return")
+}
 
 /// A SQL argument that must not be NULL (our functions are not STRICT where
 /// a silent NULL result would hide a bug, e.g. a NULL workspace id).

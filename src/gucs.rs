@@ -124,12 +124,18 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"warden.context",
-        c"The sealed acting context, as returned by warden.set_context().",
-        c"Written by warden.set_context(); a value not sealed by this cluster's master key is no context.",
-        &CONTEXT,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: the assign hook only bumps a backend-local counter.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"warden.context",
+            c"The sealed acting context, as returned by warden.set_context().",
+            c"Written by warden.set_context(); a value not sealed by this cluster's master key is no context.",
+            &CONTEXT,
+            GucContext::Userset,
+            GucFlags::default(),
+            None,
+            Some(crate::context::context_assigned),
+            None,
+        );
+    }
 }

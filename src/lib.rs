@@ -15,6 +15,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod backend;
 mod context;
 pub mod crypto;
 mod error;

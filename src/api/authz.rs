@@ -6,11 +6,12 @@
 //! subqueries in policies). They are STABLE and PARALLEL SAFE: their answer
 //! depends only on settings, which parallel workers inherit.
 
-use crate::context::{self, validate_permission};
-use crate::error::{required, SqlResult, WardenError};
+use crate::context::{self, validate_permission, Context};
+use crate::error::{raise, required, SqlResult, WardenError};
 use crate::gucs::{self, ContextScope};
 use pgrx::prelude::*;
 use pgrx::Uuid;
+use std::rc::Rc;
 
 /// Establishes who acts where: checks that `user_id` is a member of
 /// `workspace_id` (a global `super_admin` membership counts everywhere),
@@ -65,55 +66,65 @@ fn clear_context() -> SqlResult<()> {
     Ok(())
 }
 
+/// The verified context, or NULL; raises only if the master key is unusable.
+fn current() -> Option<Rc<Context>> {
+    context::current().unwrap_or_else(|e| raise(e))
+}
+
 /// The acting workspace, or NULL without a context.
 #[pg_extern(stable, parallel_safe)]
-fn current_workspace_id() -> SqlResult<Option<Uuid>> {
-    Ok(context::current()?.map(|c| Uuid::from_bytes(c.workspace_id)))
+fn current_workspace_id() -> Option<Uuid> {
+    current().map(|c| Uuid::from_bytes(c.workspace_id))
 }
 
 /// The acting user, or NULL without a context.
 #[pg_extern(stable, parallel_safe)]
-fn current_user_id() -> SqlResult<Option<Uuid>> {
-    Ok(context::current()?.map(|c| Uuid::from_bytes(c.user_id)))
+fn current_user_id() -> Option<Uuid> {
+    current().map(|c| Uuid::from_bytes(c.user_id))
 }
 
 /// The acting user's role in the acting workspace, or NULL.
 #[pg_extern(stable, parallel_safe)]
-fn current_role() -> SqlResult<Option<String>> {
-    Ok(context::current()?.map(|c| c.role.clone()))
+fn current_role() -> Option<String> {
+    current().map(|c| c.role.clone())
 }
 
 /// The level of that role, or NULL.
 #[pg_extern(stable, parallel_safe)]
-fn current_level() -> SqlResult<Option<i32>> {
-    Ok(context::current()?.map(|c| c.level))
+fn current_level() -> Option<i32> {
+    current().map(|c| c.level)
 }
 
 /// Whether the acting role's level is at least `min_level` (false without
 /// a context).
 #[pg_extern(stable, parallel_safe)]
-fn has_level(min_level: Option<i32>) -> SqlResult<bool> {
-    let min_level = required(min_level, "min_level")?;
-    Ok(context::current()?.is_some_and(|c| c.level >= min_level))
+fn has_level(min_level: Option<i32>) -> bool {
+    let min_level = required(min_level, "min_level").unwrap_or_else(|e| raise(e));
+    current().is_some_and(|c| c.level >= min_level)
 }
 
 /// Whether the acting role holds `permission` (`resource.action`); false
 /// without a context.
 #[pg_extern(stable, parallel_safe)]
-fn can(permission: Option<&str>) -> SqlResult<bool> {
-    let permission = required(permission, "permission")?;
-    validate_permission(permission)?;
-    Ok(context::current()?.is_some_and(|c| c.can(permission)))
+fn can(permission: Option<&str>) -> bool {
+    let permission = required(permission, "permission").unwrap_or_else(|e| raise(e));
+    let answer = match current() {
+        Some(c) => c.check(permission),
+        None => validate_permission(permission).map(|()| false),
+    };
+    answer.unwrap_or_else(|e| raise(e))
 }
 
 /// Raises SQLSTATE 42501 unless the acting role holds `permission`.
 #[pg_extern(stable, parallel_safe)]
 fn require(permission: Option<&str>) -> SqlResult<()> {
     let permission = required(permission, "permission")?;
-    validate_permission(permission)?;
     match context::current()? {
-        Some(c) if c.can(permission) => Ok(()),
+        Some(c) if c.check(permission)? => Ok(()),
         Some(_) => Err(WardenError::PermissionDenied(permission.to_string()).into()),
-        None => Err(WardenError::PermissionDeniedNoContext(permission.to_string()).into()),
+        None => {
+            validate_permission(permission)?;
+            Err(WardenError::PermissionDeniedNoContext(permission.to_string()).into())
+        }
     }
 }

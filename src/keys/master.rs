@@ -9,6 +9,7 @@
 //! is re-run only when `warden.master_key_command` changes (a command can be
 //! slow: a KMS round trip) or in a new backend.
 
+use crate::backend::BackendLocal;
 use crate::crypto::{derive_seal_key, Key32};
 use crate::error::WardenError;
 use crate::gucs;
@@ -38,9 +39,13 @@ enum Source {
     Command(CString),
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<(Source, Rc<MasterKeys>)>> = const { RefCell::new(None) };
+/// The keys of the master key last read, and where it came from.
+struct Loaded {
+    source: Source,
+    keys: Rc<MasterKeys>,
 }
+
+static CURRENT: BackendLocal<RefCell<Option<Loaded>>> = BackendLocal::new(RefCell::new(None));
 
 /// Which master key setting to read: the current one, or the previous one
 /// during a master key rotation.
@@ -57,18 +62,22 @@ pub const CURRENT_SETTINGS: KeySettings = KeySettings {
 /// The keys derived from the current master key, loading it if needed.
 pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
     let source = locate(&CURRENT_SETTINGS)?;
-    if let Some(keys) = CURRENT.with_borrow(|c| {
-        c.as_ref()
-            .filter(|(s, _)| *s == source)
-            .map(|(_, k)| Rc::clone(k))
-    }) {
+    let cached = CURRENT
+        .borrow()
+        .as_ref()
+        .filter(|l| l.source == source)
+        .map(|l| l.keys.clone());
+    if let Some(keys) = cached {
         return Ok(keys);
     }
     let master = read(&source)?;
     let keys = Rc::new(MasterKeys {
         seal: derive_seal_key(&master),
     });
-    CURRENT.with_borrow_mut(|c| *c = Some((source, Rc::clone(&keys))));
+    *CURRENT.borrow_mut() = Some(Loaded {
+        source,
+        keys: Rc::clone(&keys),
+    });
     Ok(keys)
 }
 
