@@ -33,7 +33,7 @@ SELECT warden.set_context(:ws, '00000000-0000-4000-8000-0000000000aa', false) IS
 -- developer would write on a table without RLS.
 SELECT bench.compare('rls: isolate+protect vs hand-written WHERE (10k of 1M rows)',
     format('SELECT count(*), sum(amount) FROM plain_docs WHERE workspace_id = %L', :ws),
-    'SELECT count(*), sum(amount) FROM docs', 15, goal => '<= 1.10x');
+    'SELECT count(*), sum(amount) FROM docs', 31, goal => '<= 1.10x');
 
 -- Sequential scan of all 1M rows where the policy calls the helpers bare on
 -- every row (the Citus form) vs a comparison with a constant.
@@ -42,5 +42,5 @@ SET enable_bitmapscan = off;
 SET max_parallel_workers_per_gather = 0;
 SELECT bench.compare('rls: bare helpers per row vs constant (seq scan, 1M rows)',
     format('SELECT count(*) FROM plain_docs WHERE workspace_id = %L', :ws),
-    'SELECT count(*) FROM bare_docs', 9, goal => '<= 1.5x');
+    'SELECT count(*) FROM bare_docs', 15, goal => '<= 1.5x');
 RESET ALL;

@@ -72,13 +72,15 @@ impl Context {
     /// Whether this context holds `permission`, which must be well-formed.
     /// A wildcard argument asks for the wildcard itself: `can('invoices.*')`
     /// needs `invoices.*` or `*`.
-    pub fn check(&self, permission: &str) -> Result<bool, WardenError> {
+    /// Takes the argument's raw bytes: the memo is checked before any
+    /// UTF-8 validation (this runs per row in a bare policy).
+    pub fn check(&self, permission: &[u8]) -> Result<bool, WardenError> {
         if let Some((last, answer)) = &*self.last_answer.borrow() {
-            if last == permission {
+            if last.as_bytes() == permission {
                 return Ok(*answer);
             }
         }
-        validate_permission(permission)?;
+        let permission = as_permission(permission)?;
         let answer = self.can(permission);
         *self.last_answer.borrow_mut() = Some((permission.to_string(), answer));
         Ok(answer)
@@ -134,6 +136,14 @@ pub fn validate_permission(permission: &str) -> Result<(), WardenError> {
     } else {
         Err(WardenError::MalformedPermission(permission.to_string()))
     }
+}
+
+/// A well-formed permission from raw argument bytes.
+pub fn as_permission(bytes: &[u8]) -> Result<&str, WardenError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| WardenError::MalformedPermission(String::from_utf8_lossy(bytes).into()))?;
+    validate_permission(text)?;
+    Ok(text)
 }
 
 /// A resource name for `warden.protect`.
@@ -332,6 +342,21 @@ pub fn current() -> Result<Option<Rc<Context>>, WardenError> {
     }
 }
 
+/// Calls `f` with the acting context, borrowed from the cache when the
+/// setting has not been assigned since it was verified (no reference count
+/// traffic: the bare policy helpers run this per row).
+pub fn with_current<R>(f: impl FnOnce(Option<&Context>) -> R) -> Result<R, WardenError> {
+    {
+        let cache = CACHE.borrow();
+        let fresh = cache.as_ref().filter(|v| v.generation == ASSIGNMENTS.get());
+        if let Some(ctx) = fresh.and_then(|v| v.context.as_deref()) {
+            return Ok(f(Some(ctx)));
+        }
+    }
+    let ctx = current()?;
+    Ok(f(ctx.as_deref()))
+}
+
 /// Claims resolved in this transaction (cleared at its end).
 static CLAIMS: BackendLocal<RefCell<Option<Verified>>> = BackendLocal::new(RefCell::new(None));
 
@@ -523,6 +548,9 @@ mod tests {
     #[test]
     fn wildcards() {
         let c = ctx(&["invoices.read", "reports.*"]);
+        assert!(c.check(b"invoices.read").unwrap());
+        assert!(c.check(b"invoices.read").unwrap(), "memoized answer");
+        assert!(c.check(b"invoices.\xff").is_err());
         assert!(c.can("invoices.read"));
         assert!(!c.can("invoices.delete"));
         assert!(!c.can("invoices.*"));

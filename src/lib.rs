@@ -26,6 +26,12 @@ mod keys;
 
 // Tables, roles and seeds the generated functions depend on.
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+// The per-row policy helpers (plain V1 functions, declared by hand).
+extension_sql_file!(
+    "../sql/helpers.sql",
+    name = "helpers",
+    requires = ["bootstrap"]
+);
 // Grants, run after every function exists.
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

@@ -6,10 +6,11 @@
 //! subqueries in policies). They are STABLE and PARALLEL SAFE: their answer
 //! depends only on settings, which parallel workers inherit.
 
-use crate::context::{self, validate_permission, Context};
+use crate::context::{self, as_permission, validate_permission, Context};
 use crate::error::{raise, required, SqlResult, WardenError};
 use crate::gucs::{self, ContextScope};
 use pgrx::prelude::*;
+use pgrx::varlena;
 use pgrx::Uuid;
 use std::rc::Rc;
 
@@ -71,18 +72,6 @@ fn current() -> Option<Rc<Context>> {
     context::current().unwrap_or_else(|e| raise(e))
 }
 
-/// The acting workspace, or NULL without a context.
-#[pg_extern(stable, parallel_safe)]
-fn current_workspace_id() -> Option<Uuid> {
-    current().map(|c| Uuid::from_bytes(c.workspace_id))
-}
-
-/// The acting user, or NULL without a context.
-#[pg_extern(stable, parallel_safe)]
-fn current_user_id() -> Option<Uuid> {
-    current().map(|c| Uuid::from_bytes(c.user_id))
-}
-
 /// The acting user's role in the acting workspace, or NULL.
 #[pg_extern(stable, parallel_safe)]
 fn current_role() -> Option<String> {
@@ -103,24 +92,12 @@ fn has_level(min_level: Option<i32>) -> bool {
     current().is_some_and(|c| c.level >= min_level)
 }
 
-/// Whether the acting role holds `permission` (`resource.action`); false
-/// without a context.
-#[pg_extern(stable, parallel_safe)]
-fn can(permission: Option<&str>) -> bool {
-    let permission = required(permission, "permission").unwrap_or_else(|e| raise(e));
-    let answer = match current() {
-        Some(c) => c.check(permission),
-        None => validate_permission(permission).map(|()| false),
-    };
-    answer.unwrap_or_else(|e| raise(e))
-}
-
 /// Raises SQLSTATE 42501 unless the acting role holds `permission`.
 #[pg_extern(stable, parallel_safe)]
 fn require(permission: Option<&str>) -> SqlResult<()> {
     let permission = required(permission, "permission")?;
     match context::current()? {
-        Some(c) if c.check(permission)? => Ok(()),
+        Some(c) if c.check(permission.as_bytes())? => Ok(()),
         Some(_) => Err(WardenError::PermissionDenied(permission.to_string()).into()),
         None => {
             validate_permission(permission)?;
@@ -128,3 +105,104 @@ fn require(permission: Option<&str>) -> SqlResult<()> {
         }
     }
 }
+
+// The two helpers a bare policy calls on every row (isolate's
+// current_workspace_id, protect's can; isolate_user's current_user_id) are
+// plain V1 functions rather than #[pg_extern]: pgrx's generic wrapper
+// (memory context switch, argument conversion, error plumbing) costs more
+// per call than everything they do. They still run under #[pg_guard], so a
+// panic or a raised error becomes a PostgreSQL ERROR. Their SQL
+// declarations are in `sql/helpers.sql`.
+
+/// `warden.current_workspace_id() RETURNS uuid`: the acting workspace, or
+/// NULL without a context.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn warden_current_workspace_id(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is the call's, from the function manager.
+    let workspace = context::with_current(|c| c.map(|c| c.workspace_id));
+    // SAFETY: fcinfo is the call's.
+    unsafe { return_uuid(fcinfo, workspace.unwrap_or_else(|e| raise(e))) }
+}
+
+/// `warden.current_user_id() RETURNS uuid`: the acting user, or NULL.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn warden_current_user_id(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: as above.
+    let user = context::with_current(|c| c.map(|c| c.user_id));
+    // SAFETY: fcinfo is the call's.
+    unsafe { return_uuid(fcinfo, user.unwrap_or_else(|e| raise(e))) }
+}
+
+/// `warden.can(permission text) RETURNS boolean`: whether the acting role
+/// holds `permission` (`resource.action`); false without a context.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn warden_can(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared with one text argument; detoasted only when stored
+    // compressed or out of line (a policy's constant never is).
+    let permission = unsafe {
+        let arg = &(*fcinfo).args.as_slice(1)[0];
+        if arg.isnull {
+            raise(WardenError::NullArgument("permission"));
+        }
+        let mut text = arg.value.cast_mut_ptr::<pg_sys::varlena>();
+        if varlena::varatt_is_4b_c(text) || varlena::varatt_is_1b_e(text) {
+            text = pg_sys::pg_detoast_datum_packed(text);
+        }
+        std::slice::from_raw_parts(
+            varlena::vardata_any(text).cast::<u8>(),
+            varlena::varsize_any_exhdr(text),
+        )
+    };
+    let answer = context::with_current(|c| match c {
+        Some(c) => c.check(permission),
+        None => as_permission(permission).map(|_| false),
+    });
+    pg_sys::Datum::from(answer.and_then(|a| a).unwrap_or_else(|e| raise(e)))
+}
+
+/// Returns a uuid or NULL. The 16 bytes live in the function's own memory
+/// (`fn_extra`, allocated in `fn_mcxt`, which lasts as long as the query's
+/// use of this call site) and are reused while the value stays the same:
+/// results are read or copied by the executor, never freed, and a changed
+/// value gets a fresh buffer, so an earlier result is never overwritten.
+unsafe fn return_uuid(fcinfo: pg_sys::FunctionCallInfo, value: Option<[u8; 16]>) -> pg_sys::Datum {
+    // SAFETY: fcinfo and its flinfo are the call's; fn_extra is ours alone.
+    unsafe {
+        let Some(bytes) = value else {
+            (*fcinfo).isnull = true;
+            return pg_sys::Datum::from(0);
+        };
+        let flinfo = (*fcinfo).flinfo;
+        let cached = (*flinfo).fn_extra.cast::<[u8; 16]>();
+        if !cached.is_null() && *cached == bytes {
+            return pg_sys::Datum::from(cached);
+        }
+        let out = pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, 16).cast::<[u8; 16]>();
+        out.write(bytes);
+        (*flinfo).fn_extra = out.cast();
+        pg_sys::Datum::from(out)
+    }
+}
+
+/// Version-1 calling convention records the function manager asks for.
+macro_rules! v1_function_info {
+    ($($finfo:ident),*) => {$(
+        #[no_mangle]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    )*};
+}
+v1_function_info!(
+    pg_finfo_warden_current_workspace_id,
+    pg_finfo_warden_current_user_id,
+    pg_finfo_warden_can
+);

@@ -14,7 +14,7 @@ SELECT role, permission FROM warden.role_permissions ORDER BY 1, 2;
 -- Every function: volatility, strictness, parallel safety, security, who may run it.
 SELECT p.oid::regprocedure AS function, p.provolatile AS vol, p.proisstrict AS strict,
        p.proparallel AS par, p.prosecdef AS secdef, p.proconfig, p.proacl
-  FROM pg_proc p WHERE p.pronamespace = 'warden'::regnamespace ORDER BY 1;
+  FROM pg_proc p WHERE p.pronamespace = 'warden'::regnamespace ORDER BY p.oid::regprocedure::text;
 
 -- Tables and who may touch them; which are dumped with pg_dump.
 SELECT c.relname, c.relacl FROM pg_class c
