@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS public.notes (
     body         text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS notes_workspace ON public.notes (workspace_id);
+-- Tenant isolation and notes.* permissions (both idempotent).
+SELECT warden.isolate('public.notes') \gset
+SELECT warden.protect('public.notes', 'notes') \gset
 INSERT INTO public.notes (workspace_id, author_id, body)
 SELECT w, a, b FROM (VALUES
     ('11111111-1111-4111-8111-111111111111'::uuid, 'aaaaaaaa-0000-4000-8000-00000000a11c'::uuid, 'Acme: Q3 plan'),
