@@ -82,6 +82,32 @@ INSERT INTO warden.roles (name, level) VALUES
     ('viewer', 20);
 INSERT INTO warden.role_permissions (role, permission) VALUES ('super_admin', '*');
 
+-- Workspace keys: random 256-bit keys, stored only wrapped (AES-256-GCM)
+-- under a key-encryption key that HKDF derives from the master key and the
+-- workspace id. kind 1 = data key (one per version; the highest version
+-- encrypts, every version decrypts), kind 2 = blind index key (one, never
+-- rotated, so blind indexes stay comparable). No role may read this table:
+-- only pg_warden's own functions do, as its owner.
+CREATE TABLE warden.workspace_keys (
+    workspace_id  uuid NOT NULL,
+    kind          smallint NOT NULL CHECK (kind IN (1, 2)),
+    version       integer NOT NULL CHECK (version > 0),
+    wrapped       bytea NOT NULL CHECK (pg_catalog.length(wrapped) = 60),
+    master_key_id text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (workspace_id, kind, version)
+);
+COMMENT ON TABLE warden.workspace_keys IS
+    'pg_warden workspace keys, wrapped under the master key; never readable by clients';
+
+-- Crypto-shredded workspaces: their keys are gone, and they get no new ones.
+CREATE TABLE warden.shredded_workspaces (
+    workspace_id uuid PRIMARY KEY,
+    shredded_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE warden.shredded_workspaces IS
+    'pg_warden workspaces whose keys were destroyed (warden.shred_workspace)';
+
 -- pg_restore runs CREATE EXTENSION (which inserts the seeds above) and then
 -- loads the dumped rows, seeds included. These triggers let the dumped row
 -- win instead of failing on the primary key, so edited seed levels survive
@@ -118,3 +144,5 @@ CREATE TRIGGER merge_existing BEFORE INSERT ON warden.role_permissions
 SELECT pg_catalog.pg_extension_config_dump('warden.roles', '');
 SELECT pg_catalog.pg_extension_config_dump('warden.role_permissions', '');
 SELECT pg_catalog.pg_extension_config_dump('warden.memberships', '');
+SELECT pg_catalog.pg_extension_config_dump('warden.workspace_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('warden.shredded_workspaces', '');

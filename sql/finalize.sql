@@ -23,10 +23,21 @@ GRANT EXECUTE ON FUNCTION
     warden.isolate_user(regclass, name)
 TO PUBLIC;
 
--- The application: establish and drop a context, require permissions.
+-- The application: establish and drop a context, require permissions,
+-- encrypt and decrypt under the acting workspace.
 GRANT EXECUTE ON FUNCTION
-    warden.set_context(uuid, uuid, boolean), warden.clear_context(), warden.require(text)
+    warden.set_context(uuid, uuid, boolean), warden.clear_context(), warden.require(text),
+    warden.encrypt(text, text), warden.encrypt(bytea, text), warden.encrypt(jsonb, text),
+    warden.decrypt(bytea, text), warden.decrypt_bytea(bytea, text),
+    warden.decrypt_jsonb(bytea, text), warden.reencrypt(bytea, text),
+    warden.blind_index(text, text), warden.envelope_info(bytea)
 TO warden_user;
+
+-- Key management: administrators only.
+GRANT EXECUTE ON FUNCTION
+    warden.rotate_workspace_key(uuid), warden.shred_workspace(uuid), warden.rewrap_keys(),
+    warden.key_status(uuid)
+TO warden_admin;
 
 GRANT SELECT ON warden.roles, warden.role_permissions TO warden_user;
 GRANT SELECT, INSERT, UPDATE, DELETE

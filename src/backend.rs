@@ -1,4 +1,8 @@
-//! Backend-local state without thread-local storage.
+//! Backend-local state without thread-local storage, and acting as the
+//! extension's owner.
+
+use crate::error::WardenError;
+use pgrx::prelude::*;
 
 /// A static owned by this backend process. A PostgreSQL backend runs a
 /// single thread (pgrx refuses calls into Postgres from any other, and we
@@ -22,4 +26,34 @@ impl<T> std::ops::Deref for BackendLocal<T> {
     fn deref(&self) -> &T {
         &self.0
     }
+}
+
+/// Runs `f` as the owner of pg_warden's tables, as a SECURITY DEFINER
+/// function would, for reads and writes the caller may not make itself
+/// (memberships for PostgREST claims; the key table for encryption). Only
+/// pg_warden's own queries run inside. An error inside `f` aborts the
+/// (sub)transaction, which restores the previous user, as for SECURITY
+/// DEFINER; a returned error restores it here.
+pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, WardenError> {
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT c.relowner FROM pg_catalog.pg_class AS c
+          WHERE c.oid OPERATOR(pg_catalog.=) 'warden.memberships'::pg_catalog.regclass",
+    )?
+    .ok_or_else(|| WardenError::Internal("warden.memberships has no owner".into()))?;
+    let (mut user, mut sec_context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: plain getters/setters of backend globals; the flags keep the
+    // switch local (no SET ROLE) and restricted, like SECURITY DEFINER.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            sec_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let result = f();
+    // SAFETY: as above, restoring what we read.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, sec_context) };
+    result
 }

@@ -10,7 +10,7 @@
 //! context). Backend memory only caches the verified token, keyed by its
 //! exact bytes, so the policy helpers cost a byte comparison per call.
 
-use crate::backend::BackendLocal;
+use crate::backend::{as_extension_owner, BackendLocal};
 use crate::crypto::{open_token, seal_token};
 use crate::error::WardenError;
 use crate::gucs::{self, ContextScope};
@@ -289,10 +289,15 @@ static ASSIGNMENTS: BackendLocal<Cell<u64>> = BackendLocal::new(Cell::new(0));
 
 /// Assign hook of `warden.context` (registered in `gucs.rs`).
 pub unsafe extern "C-unwind" fn context_assigned(
-    _newval: *const std::ffi::c_char,
+    newval: *const std::ffi::c_char,
     _extra: *mut std::ffi::c_void,
 ) {
     ASSIGNMENTS.set(ASSIGNMENTS.get().wrapping_add(1));
+    // No context any more (cleared, RESET, DISCARD ALL): no cached keys.
+    // SAFETY: newval is NULL or the new NUL-terminated value.
+    if newval.is_null() || unsafe { *newval } == 0 {
+        crate::keys::workspace::forget_all();
+    }
 }
 
 /// The acting context, or `None` when there is none (unset, cleared,
@@ -332,6 +337,12 @@ pub fn current() -> Result<Option<Rc<Context>>, WardenError> {
         Seen::New => {
             let token = with_raw_setting(|raw| raw.to_vec());
             let context = verify(&token)?.map(Rc::new);
+            // Another workspace acts now: drop the previous one's keys.
+            let acting = |v: &Verified| v.context.as_ref().map(|c| c.workspace_id);
+            let previous = CACHE.borrow().as_ref().and_then(acting);
+            if previous.is_some() && previous != context.as_ref().map(|c| c.workspace_id) {
+                crate::keys::workspace::forget_all();
+            }
             *CACHE.borrow_mut() = Some(Verified {
                 generation,
                 token,
@@ -386,7 +397,7 @@ fn from_claims() -> Result<Option<Rc<Context>>, WardenError> {
         return Ok(ctx);
     }
     let ctx = match claimed_ids(&claims) {
-        Some((workspace_id, user_id)) => as_memberships_owner(|| resolve(workspace_id, user_id))?
+        Some((workspace_id, user_id)) => as_extension_owner(|| resolve(workspace_id, user_id))?
             .map(|r| {
                 Rc::new(Context::new(
                     workspace_id,
@@ -426,39 +437,27 @@ fn parse_uuid(text: &str) -> Option<[u8; 16]> {
     uuid_from_hex(&groups.concat())
 }
 
-/// Runs `f` as the owner of `warden.memberships`, as a SECURITY DEFINER
-/// function would: the querying role (PostgREST's) may not read
-/// memberships. An error inside `f` aborts the (sub)transaction, which
-/// restores the previous user, exactly as for SECURITY DEFINER.
-fn as_memberships_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, WardenError> {
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT c.relowner FROM pg_catalog.pg_class AS c
-          WHERE c.oid OPERATOR(pg_catalog.=) 'warden.memberships'::pg_catalog.regclass",
-    )?
-    .ok_or_else(|| WardenError::Internal("warden.memberships has no owner".into()))?;
-    let (mut user, mut sec_context) = (pg_sys::InvalidOid, 0);
-    // SAFETY: plain getters/setters of backend globals; the flags keep the
-    // switch local (no SET ROLE) and restricted, like SECURITY DEFINER.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            sec_context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-    }
-    let result = f();
-    // SAFETY: as above, restoring what we read.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, sec_context) };
-    result
-}
-
 /// Registers the end-of-transaction hook that enforces
 /// `warden.context_scope = 'transaction'`.
 pub fn init() {
-    // SAFETY: called once from _PG_init; the callback is a plain function.
-    unsafe { pg_sys::RegisterXactCallback(Some(end_of_transaction), std::ptr::null_mut()) };
+    // SAFETY: called once from _PG_init; the callbacks are plain functions.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(end_of_transaction), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(end_of_subtransaction), std::ptr::null_mut());
+    }
+}
+
+/// A rolled-back savepoint may have cached keys it created.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn end_of_subtransaction(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        crate::keys::workspace::forget_all();
+    }
 }
 
 /// In `'transaction'` scope, a context must not outlive the transaction that
@@ -472,6 +471,10 @@ unsafe extern "C-unwind" fn end_of_transaction(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
+    // A rolled-back transaction may have cached keys it created.
+    if event == XACT_EVENT_ABORT {
+        crate::keys::workspace::forget_all();
+    }
     // Claims are resolved once per transaction.
     if matches!(
         event,

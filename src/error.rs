@@ -49,6 +49,37 @@ pub enum WardenError {
     MasterKeyMalformed(&'static str),
     #[error("warden.master_key_command failed: {0}")]
     MasterKeyCommandFailed(String),
+    #[error("no pg_warden context: call warden.set_context(workspace_id, user_id) first")]
+    NoContext,
+    #[error("this value was encrypted for workspace {0}, not the acting workspace")]
+    WrongWorkspace(String),
+    #[error("not a pg_warden ciphertext: {0}")]
+    NotCiphertext(String),
+    #[error("decryption failed: wrong context string, or the ciphertext was tampered with")]
+    DecryptionFailed,
+    #[error("this ciphertext holds {found}, not {wanted}: use warden.{function}()")]
+    WrongPayloadType {
+        found: &'static str,
+        wanted: &'static str,
+        function: &'static str,
+    },
+    #[error("key version {0} of the acting workspace does not exist")]
+    UnknownKeyVersion(u32),
+    #[error("workspace {0} was shredded: its data can never be decrypted again")]
+    Shredded(String),
+    #[error("workspace {0} has no keys yet: its first warden.encrypt() creates them")]
+    NoKeysYet(String),
+    #[error(
+        "a workspace key is wrapped under master key {0}, which is neither the current nor \
+         warden.previous_master_key_*: run warden.rewrap_keys() with the previous key configured"
+    )]
+    WrappedByOtherMasterKey(String),
+    #[error(
+        "a stored workspace key does not unwrap under the master key: the key table was altered"
+    )]
+    KeyUnwrapFailed,
+    #[error("the value is not valid UTF-8 text")]
+    NotText,
     #[error("internal error in pg_warden: {0}")]
     Internal(String),
 }
@@ -75,6 +106,17 @@ impl WardenError {
             WardenError::MasterKeyFileTooPermissive { .. }
             | WardenError::MasterKeyFileWrongOwner
             | WardenError::MasterKeyMalformed(_) => ERRCODE_CONFIG_FILE_ERROR,
+            WardenError::NoContext | WardenError::WrongWorkspace(_) => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
+            WardenError::NotCiphertext(_) => ERRCODE_INVALID_BINARY_REPRESENTATION,
+            WardenError::DecryptionFailed | WardenError::KeyUnwrapFailed => ERRCODE_DATA_CORRUPTED,
+            WardenError::WrongPayloadType { .. } => ERRCODE_DATATYPE_MISMATCH,
+            WardenError::UnknownKeyVersion(_) => ERRCODE_UNDEFINED_OBJECT,
+            WardenError::Shredded(_)
+            | WardenError::NoKeysYet(_)
+            | WardenError::WrappedByOtherMasterKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            WardenError::NotText => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -2,7 +2,9 @@
 //! this module declares `#[pg_extern]`.
 
 mod authz;
+mod encrypt;
 mod info;
+mod keys;
 mod policies;
 
 /// Catalog-level promises about the whole SQL surface. These query the
@@ -81,7 +83,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             dumped.as_deref(),
-            Some("warden.memberships,warden.role_permissions,warden.roles")
+            Some(
+                "warden.memberships,warden.role_permissions,warden.roles,\
+                 warden.shredded_workspaces,warden.workspace_keys"
+            )
         );
     }
 

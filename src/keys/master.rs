@@ -10,7 +10,7 @@
 //! slow: a KMS round trip) or in a new backend.
 
 use crate::backend::BackendLocal;
-use crate::crypto::{derive_seal_key, Key32};
+use crate::crypto::{derive_seal_key, master_key_id, Key32};
 use crate::error::WardenError;
 use crate::gucs;
 use pgrx::guc::GucSetting;
@@ -21,10 +21,24 @@ use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
 use zeroize::Zeroizing;
 
-/// What the backend derives from one master key.
+/// One master key and what the backend derives from it.
 pub struct MasterKeys {
+    /// The key itself (zeroized on drop); workspace KEKs derive from it.
+    pub master: Key32,
+    /// Its public fingerprint, recorded with every key it wraps.
+    pub id: String,
     /// Seals session contexts (`warden.context`).
     pub seal: Key32,
+}
+
+impl MasterKeys {
+    fn derive(master: Key32) -> MasterKeys {
+        MasterKeys {
+            id: master_key_id(&master),
+            seal: derive_seal_key(&master),
+            master,
+        }
+    }
 }
 
 /// Where a cached key came from; a different source means a reload.
@@ -49,15 +63,30 @@ static CURRENT: BackendLocal<RefCell<Option<Loaded>>> = BackendLocal::new(RefCel
 
 /// Which master key setting to read: the current one, or the previous one
 /// during a master key rotation.
-pub struct KeySettings {
-    pub file: &'static GucSetting<Option<CString>>,
-    pub command: &'static GucSetting<Option<CString>>,
+struct KeySettings {
+    file: &'static GucSetting<Option<CString>>,
+    command: &'static GucSetting<Option<CString>>,
 }
 
-pub const CURRENT_SETTINGS: KeySettings = KeySettings {
+const CURRENT_SETTINGS: KeySettings = KeySettings {
     file: &gucs::MASTER_KEY_FILE,
     command: &gucs::MASTER_KEY_COMMAND,
 };
+const PREVIOUS_SETTINGS: KeySettings = KeySettings {
+    file: &gucs::PREVIOUS_MASTER_KEY_FILE,
+    command: &gucs::PREVIOUS_MASTER_KEY_COMMAND,
+};
+
+/// The master key before a rotation (`warden.previous_master_key_file` /
+/// `_command`), for `warden.rewrap_keys()` only; `None` if not configured.
+/// Read each time: it is needed once per rotation.
+pub fn previous() -> Result<Option<MasterKeys>, WardenError> {
+    match locate(&PREVIOUS_SETTINGS) {
+        Ok(source) => Ok(Some(MasterKeys::derive(read(&source)?))),
+        Err(WardenError::MasterKeyNotConfigured) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// The keys derived from the current master key, loading it if needed.
 pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
@@ -71,9 +100,7 @@ pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
         return Ok(keys);
     }
     let master = read(&source)?;
-    let keys = Rc::new(MasterKeys {
-        seal: derive_seal_key(&master),
-    });
+    let keys = Rc::new(MasterKeys::derive(master));
     *CURRENT.borrow_mut() = Some(Loaded {
         source,
         keys: Rc::clone(&keys),

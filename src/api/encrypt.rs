@@ -1,0 +1,220 @@
+//! Field encryption under the acting workspace's key: `encrypt`,
+//! `decrypt`, `decrypt_bytea`, `decrypt_jsonb`, `reencrypt`, `blind_index`,
+//! `envelope_info`.
+//!
+//! NULL in, NULL out for the value; a NULL context string means none. (The
+//! functions are not declared STRICT, because the optional context defaults
+//! to NULL and STRICT would turn every call without one into NULL.)
+//! Invoker rights: keys are read as the extension's owner inside, so the
+//! per-row path pays no SECURITY DEFINER overhead.
+
+use crate::context;
+use crate::crypto::{self, envelope, EnvelopeHeader, PayloadType};
+use crate::error::{raise, SqlResult, WardenError};
+use crate::keys::workspace;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+
+/// The acting workspace; encryption needs one.
+fn acting_workspace() -> Result<[u8; 16], WardenError> {
+    context::with_current(|c| c.map(|c| c.workspace_id))?.ok_or(WardenError::NoContext)
+}
+
+fn seal(
+    payload: PayloadType,
+    plaintext: &[u8],
+    context: Option<&str>,
+) -> Result<Vec<u8>, WardenError> {
+    let ws = acting_workspace()?;
+    let (version, key) = workspace::current_data_key(&ws)?;
+    let header = EnvelopeHeader::new(payload, ws, version);
+    Ok(envelope::seal_with(
+        &key,
+        &header,
+        plaintext,
+        context.map(str::as_bytes),
+    )?)
+}
+
+/// Parses and authenticates a ciphertext of the acting workspace.
+fn open(
+    ciphertext: &[u8],
+    context: Option<&str>,
+) -> Result<(PayloadType, zeroize::Zeroizing<Vec<u8>>), WardenError> {
+    let env = envelope::parse(ciphertext).map_err(|e| WardenError::NotCiphertext(e.to_string()))?;
+    let header = *env.header();
+    let ws = acting_workspace()?;
+    if header.workspace_id != ws {
+        return Err(WardenError::WrongWorkspace(
+            Uuid::from_bytes(header.workspace_id).to_string(),
+        ));
+    }
+    let key = workspace::data_key(&ws, header.key_version)?;
+    let plaintext = envelope::open_with(&key, &env, context.map(str::as_bytes))
+        .map_err(|_| WardenError::DecryptionFailed)?;
+    Ok((header.payload_type, plaintext))
+}
+
+fn expect(
+    found: PayloadType,
+    accepted: &[PayloadType],
+    wanted: &'static str,
+    function: &'static str,
+) -> Result<(), WardenError> {
+    if accepted.contains(&found) {
+        Ok(())
+    } else {
+        Err(WardenError::WrongPayloadType {
+            found: found.name(),
+            wanted,
+            function,
+        })
+    }
+}
+
+/// Encrypts text under the acting workspace's current key.
+#[pg_extern(name = "encrypt", volatile, parallel_unsafe)]
+fn encrypt_text(
+    value: Option<&str>,
+    context: default!(Option<&str>, "NULL"),
+) -> SqlResult<Option<Vec<u8>>> {
+    let Some(value) = value else { return Ok(None) };
+    Ok(Some(seal(PayloadType::Text, value.as_bytes(), context)?))
+}
+
+/// Encrypts bytes. A value that already is a ciphertext of the acting
+/// workspace is returned unchanged: paths that re-run (restores, triggers
+/// re-fired by `ON CONFLICT`) never encrypt twice.
+#[pg_extern(name = "encrypt", volatile, parallel_unsafe)]
+fn encrypt_bytea(
+    value: Option<&[u8]>,
+    context: default!(Option<&str>, "NULL"),
+) -> SqlResult<Option<Vec<u8>>> {
+    let Some(value) = value else { return Ok(None) };
+    if let Ok(env) = envelope::parse(value) {
+        let ws = acting_workspace()?;
+        if env.header().workspace_id != ws {
+            return Err(WardenError::WrongWorkspace(
+                Uuid::from_bytes(env.header().workspace_id).to_string(),
+            )
+            .into());
+        }
+        return Ok(Some(value.to_vec()));
+    }
+    Ok(Some(seal(PayloadType::Bytea, value, context)?))
+}
+
+/// Encrypts a jsonb document (its canonical text).
+#[pg_extern(name = "encrypt", volatile, parallel_unsafe)]
+fn encrypt_jsonb(
+    value: Option<JsonB>,
+    context: default!(Option<&str>, "NULL"),
+) -> SqlResult<Option<Vec<u8>>> {
+    let Some(JsonB(value)) = value else {
+        return Ok(None);
+    };
+    let text = zeroize::Zeroizing::new(value.to_string());
+    Ok(Some(seal(PayloadType::Jsonb, text.as_bytes(), context)?))
+}
+
+/// Decrypts to text (a text or jsonb ciphertext).
+#[pg_extern(stable, parallel_restricted)]
+fn decrypt(
+    ciphertext: Option<&[u8]>,
+    context: default!(Option<&str>, "NULL"),
+) -> SqlResult<Option<String>> {
+    let Some(ciphertext) = ciphertext else {
+        return Ok(None);
+    };
+    let (payload, plaintext) = open(ciphertext, context)?;
+    expect(
+        payload,
+        &[PayloadType::Text, PayloadType::Jsonb],
+        "text",
+        "decrypt_bytea",
+    )?;
+    Ok(Some(
+        String::from_utf8(plaintext.to_vec()).map_err(|_| WardenError::NotText)?,
+    ))
+}
+
+/// Decrypts to bytes (any ciphertext).
+#[pg_extern(stable, parallel_restricted)]
+fn decrypt_bytea(
+    ciphertext: Option<&[u8]>,
+    context: default!(Option<&str>, "NULL"),
+) -> SqlResult<Option<Vec<u8>>> {
+    let Some(ciphertext) = ciphertext else {
+        return Ok(None);
+    };
+    Ok(Some(open(ciphertext, context)?.1.to_vec()))
+}
+
+/// Decrypts a jsonb ciphertext.
+#[pg_extern(stable, parallel_restricted)]
+fn decrypt_jsonb(
+    ciphertext: Option<&[u8]>,
+    context: default!(Option<&str>, "NULL"),
+) -> SqlResult<Option<JsonB>> {
+    let Some(ciphertext) = ciphertext else {
+        return Ok(None);
+    };
+    let (payload, plaintext) = open(ciphertext, context)?;
+    expect(payload, &[PayloadType::Jsonb], "jsonb", "decrypt")?;
+    let value = serde_json::from_slice(&plaintext).map_err(|_| WardenError::NotText)?;
+    Ok(Some(JsonB(value)))
+}
+
+/// Re-encrypts a ciphertext of the acting workspace under its current key
+/// version (same payload type and context).
+#[pg_extern(volatile, parallel_unsafe)]
+fn reencrypt(
+    ciphertext: Option<&[u8]>,
+    context: default!(Option<&str>, "NULL"),
+) -> SqlResult<Option<Vec<u8>>> {
+    let Some(ciphertext) = ciphertext else {
+        return Ok(None);
+    };
+    let (payload, plaintext) = open(ciphertext, context)?;
+    Ok(Some(seal(payload, &plaintext, context)?))
+}
+
+/// A keyed HMAC of `value` under the workspace's blind-index key, for
+/// equality lookups through an ordinary btree index. Deterministic within
+/// a workspace and context; different across them.
+#[pg_extern(stable, strict, parallel_restricted)]
+fn blind_index(value: &str, context: &str) -> SqlResult<Vec<u8>> {
+    let ws = acting_workspace()?;
+    let key = workspace::index_key(&ws)?;
+    Ok(crypto::blind_index(&key, context.as_bytes(), value.as_bytes()).to_vec())
+}
+
+/// What a ciphertext's header says, without any key: format version,
+/// algorithm, payload type, workspace, key version.
+// pgrx reads the column names from the name!() tuple written out here.
+#[allow(clippy::type_complexity)]
+#[pg_extern(immutable, strict, parallel_safe)]
+fn envelope_info(
+    ciphertext: &[u8],
+) -> TableIterator<
+    'static,
+    (
+        name!(format_version, i32),
+        name!(algorithm, String),
+        name!(payload_type, String),
+        name!(workspace_id, Uuid),
+        name!(key_version, i64),
+    ),
+> {
+    // (pgrx generates no SQL for a Result around a TableIterator: raise.)
+    let env = envelope::parse(ciphertext)
+        .unwrap_or_else(|e| raise(WardenError::NotCiphertext(e.to_string())));
+    let h = *env.header();
+    TableIterator::once((
+        h.format_version as i32,
+        "aes-256-gcm".to_string(),
+        h.payload_type.name().to_string(),
+        Uuid::from_bytes(h.workspace_id),
+        h.key_version as i64,
+    ))
+}
