@@ -53,7 +53,7 @@ pub enum WardenError {
     NoContext,
     #[error("this value was encrypted for workspace {0}, not the acting workspace")]
     WrongWorkspace(String),
-    #[error("not a pg_warden ciphertext: {0}")]
+    #[error("{0}")]
     NotCiphertext(String),
     #[error("decryption failed: wrong context string, or the ciphertext was tampered with")]
     DecryptionFailed,

@@ -45,8 +45,8 @@ fn key_status(
 ) -> TableIterator<
     'static,
     (
-        name!(kind, String),
-        name!(version, i32),
+        name!(kind, Option<String>),
+        name!(version, Option<i32>),
         name!(state, String),
         name!(master_key_id, Option<String>),
         name!(created_at, TimestampWithTimeZone),
@@ -58,7 +58,13 @@ fn key_status(
         .unwrap_or_else(|e| raise(e))
 }
 
-type KeyRow = (String, i32, String, Option<String>, TimestampWithTimeZone);
+type KeyRow = (
+    Option<String>,
+    Option<i32>,
+    String,
+    Option<String>,
+    TimestampWithTimeZone,
+);
 
 fn key_rows(workspace_id: Option<Uuid>) -> Result<Vec<KeyRow>, WardenError> {
     let ws = required(workspace_id, "workspace_id")?;
@@ -87,8 +93,8 @@ fn key_rows(workspace_id: Option<Uuid>) -> Result<Vec<KeyRow>, WardenError> {
                 &[ws.into()],
             )? {
                 out.push((
-                    row.get::<String>(1)?.unwrap_or_default(),
-                    row.get::<i32>(2)?.unwrap_or_default(),
+                    row.get::<String>(1)?,
+                    row.get::<i32>(2)?,
                     row.get::<String>(3)?.unwrap_or_default(),
                     row.get::<String>(4)?,
                     row.get::<TimestampWithTimeZone>(5)?
