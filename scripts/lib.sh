@@ -65,9 +65,11 @@ host  all all 127.0.0.1/32 scram-sha-256
 EOF
 }
 
-# cluster_start DIR: start (or restart to pick up settings) the cluster.
-cluster_start() {
+# cluster_start DIR: start (or restart to pick up settings) the cluster,
+# without RUST_BACKTRACE (as in production: no backtraces in error details).
+cluster_start() (
     local dir=$1
+    unset RUST_BACKTRACE
     if as_pg "$PG_BIN/pg_ctl" status -D "$dir/data" >/dev/null 2>&1; then
         as_pg "$PG_BIN/pg_ctl" restart -D "$dir/data" -w -m fast -l "$dir/server.log" >/dev/null ||
             { tail -20 "$dir/server.log" >&2; die "could not restart the cluster in $dir"; }
@@ -75,7 +77,7 @@ cluster_start() {
         as_pg "$PG_BIN/pg_ctl" start -D "$dir/data" -w -l "$dir/server.log" >/dev/null ||
             { tail -20 "$dir/server.log" >&2; die "could not start the cluster in $dir"; }
     fi
-}
+)
 
 # cluster_stop DIR
 cluster_stop() {

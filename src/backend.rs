@@ -35,25 +35,62 @@ impl<T> std::ops::Deref for BackendLocal<T> {
 /// (sub)transaction, which restores the previous user, as for SECURITY
 /// DEFINER; a returned error restores it here.
 pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, WardenError> {
-    let owner = Spi::get_one::<pg_sys::Oid>(
+    let owner = select_one::<pg_sys::Oid>(
         "SELECT c.relowner FROM pg_catalog.pg_class AS c
           WHERE c.oid OPERATOR(pg_catalog.=) 'warden.memberships'::pg_catalog.regclass",
+        &[],
     )?
     .ok_or_else(|| WardenError::Internal("warden.memberships has no owner".into()))?;
-    let (mut user, mut sec_context) = (pg_sys::InvalidOid, 0);
-    // SAFETY: plain getters/setters of backend globals; the flags keep the
-    // switch local (no SET ROLE) and restricted, like SECURITY DEFINER.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            sec_context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
+    let _restore = ActAs::switch_to(owner);
+    f()
+}
+
+/// The user and security context to restore; restores them when dropped,
+/// so an unwinding error restores them too (transaction abort would as
+/// well, but a caught error must not keep the owner's rights).
+struct ActAs {
+    user: pg_sys::Oid,
+    sec_context: i32,
+}
+
+impl ActAs {
+    fn switch_to(owner: pg_sys::Oid) -> ActAs {
+        let (mut user, mut sec_context) = (pg_sys::InvalidOid, 0);
+        // SAFETY: plain getters/setters of backend globals; the flags keep
+        // the switch local (no SET ROLE) and restricted, like SECURITY
+        // DEFINER.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                sec_context
+                    | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                    | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            );
+        }
+        ActAs { user, sec_context }
     }
-    let result = f();
-    // SAFETY: as above, restoring what we read.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, sec_context) };
-    result
+}
+
+impl Drop for ActAs {
+    fn drop(&mut self) {
+        // SAFETY: restoring what `switch_to` read.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec_context) };
+    }
+}
+
+/// The first column of the first row of a read-only query, or `None`.
+/// (pgrx's `Spi::get_one*` run as updates: a new command id and snapshot,
+/// which STABLE and parallel-safe callers must not take.)
+pub fn select_one<T: FromDatum + IntoDatum>(
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>, WardenError> {
+    Spi::connect(|client| {
+        let rows = client.select(query, Some(1), args)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(rows.first().get_one::<T>()?)
+    })
 }

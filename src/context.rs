@@ -10,7 +10,7 @@
 //! context). Backend memory only caches the verified token, keyed by its
 //! exact bytes, so the policy helpers cost a byte comparison per call.
 
-use crate::backend::{as_extension_owner, BackendLocal};
+use crate::backend::{as_extension_owner, select_one, BackendLocal};
 use crate::crypto::{open_token, seal_token};
 use crate::error::WardenError;
 use crate::gucs::{self, ContextScope};
@@ -99,10 +99,16 @@ impl Context {
 
 /// The token's payload. Field names are short: this travels in every
 /// `SET LOCAL` a Citus coordinator sends.
+///
+/// A token is a credential: it can surface in `pg_stat_statements` or a log
+/// when written with `SET LOCAL`. It is bound to the database (by name, which
+/// Citus workers share) and to the login role that set it (`session_user`,
+/// which `SET ROLE` does not change), so another role that reads it there
+/// cannot use it.
 #[derive(Serialize, Deserialize)]
 struct Payload {
-    /// The database it was set in: a token is no context in another one.
-    db: u32,
+    db: String,
+    login: String,
     ws: String,
     user: String,
     role: String,
@@ -196,7 +202,7 @@ pub fn resolve(workspace_id: [u8; 16], user_id: [u8; 16]) -> Result<Option<Resol
         return Ok(None);
     };
     // A role holds its own permissions and those of every lower level.
-    let perms = Spi::get_one_with_args::<Vec<String>>(
+    let perms = select_one::<Vec<String>>(
         "SELECT COALESCE(pg_catalog.array_agg(DISTINCT p.permission), '{}')
            FROM warden.role_permissions AS p
            JOIN warden.roles AS r ON r.name OPERATOR(pg_catalog.=) p.role
@@ -213,9 +219,10 @@ pub fn seal(
     user_id: [u8; 16],
     resolved: Resolved,
 ) -> Result<String, WardenError> {
+    let (db, login) = session_identity();
     let payload = Payload {
-        // SAFETY: MyDatabaseId is set once at backend start and only read.
-        db: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        db,
+        login,
         ws: hex::encode(workspace_id),
         user: hex::encode(user_id),
         role: resolved.role,
@@ -239,8 +246,7 @@ fn verify(token: &[u8]) -> Result<Option<Context>, WardenError> {
     let Ok(p) = serde_json::from_slice::<Payload>(&json) else {
         return Ok(None);
     };
-    // SAFETY: as in `seal`.
-    if p.db != unsafe { pg_sys::MyDatabaseId }.to_u32() {
+    if (p.db, p.login) != session_identity() {
         return Ok(None);
     }
     let (Some(workspace_id), Some(user_id)) = (uuid_from_hex(&p.ws), uuid_from_hex(&p.user)) else {
@@ -248,6 +254,25 @@ fn verify(token: &[u8]) -> Result<Option<Context>, WardenError> {
     };
     let ctx = Context::new(workspace_id, user_id, p.role, p.level, p.perms);
     Ok(Some(ctx))
+}
+
+/// (current database, session user) by name.
+fn session_identity() -> (String, String) {
+    // SAFETY: catalog lookups by OID of this backend's own database and
+    // session user; both return palloc'd strings or NULL.
+    unsafe {
+        let name = |ptr: *mut std::ffi::c_char| {
+            if ptr.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(ptr).to_string_lossy().into_owned()
+            }
+        };
+        (
+            name(pg_sys::get_database_name(pg_sys::MyDatabaseId)),
+            name(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true)),
+        )
+    }
 }
 
 fn uuid_from_hex(s: &str) -> Option<[u8; 16]> {
@@ -462,15 +487,22 @@ unsafe extern "C-unwind" fn end_of_subtransaction(
 
 /// In `'transaction'` scope, a context must not outlive the transaction that
 /// set it, whatever the client does: `SET LOCAL` values end with the
-/// transaction anyway, and a session-level value (a plain `SET`, or
-/// `set_config(..., false)`) is cleared just before commit. So a pooled
-/// connection never hands a context to the next transaction.
+/// transaction anyway, and the session-level value (a plain `SET`,
+/// `set_config(..., false)`, or one hidden under a `SET LOCAL`) is set to
+/// empty just before every commit. So a pooled connection never hands a
+/// context to the next transaction.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn end_of_transaction(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
+    // A parallel worker ends a transaction of its own after restoring the
+    // leader's settings: that is not the end of the leader's.
+    // SAFETY: ParallelWorkerNumber is a plain backend global.
+    if unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+        return;
+    }
     // A rolled-back transaction may have cached keys it created.
     if event == XACT_EVENT_ABORT {
         crate::keys::workspace::forget_all();
@@ -483,84 +515,62 @@ unsafe extern "C-unwind" fn end_of_transaction(
         *CLAIMS.borrow_mut() = None;
     }
     let ending = event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE;
-    if ending
-        && gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction
-        && !with_raw_setting(|raw| raw.is_empty())
-    {
-        // SAFETY: a plain user setting without hooks, set at session level
-        // while the transaction is still in progress.
-        unsafe {
-            pg_sys::SetConfigOption(
-                c"warden.context".as_ptr(),
-                c"".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-            )
-        };
+    if ending && gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction {
+        clear_session_value();
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permission_grammar() {
-        for ok in [
-            "*",
-            "invoices.*",
-            "invoices.read",
-            "a.b",
-            "team-members.re_send2",
-        ] {
-            assert!(validate_permission(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            " ",
-            "invoices",
-            "invoices.",
-            ".read",
-            "a..b",
-            "invoices.read.all",
-            "Invoices.read",
-            "invoices read",
-            "invoices.read ",
-            "*.read",
-            "**",
-            "1a.read",
-            "a.1b",
-            "a.b\n",
-        ] {
-            assert!(validate_permission(bad).is_err(), "{bad:?}");
-        }
-        assert!(validate_permission(&format!("{}.x", "a".repeat(63))).is_ok());
-        assert!(validate_permission(&format!("{}.x", "a".repeat(64))).is_err());
-    }
-
-    fn ctx(perms: &[&str]) -> Context {
-        Context::new(
-            [0; 16],
-            [0; 16],
-            "user".into(),
-            40,
-            perms.iter().map(|p| p.to_string()),
+/// Sets the session-level value of `warden.context` to empty.
+fn clear_session_value() {
+    // SAFETY: a user setting set at session level while a transaction is
+    // in progress; its hooks only touch our own state.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"warden.context".as_ptr(),
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
         )
-    }
+    };
+}
 
-    #[test]
-    fn wildcards() {
-        let c = ctx(&["invoices.read", "reports.*"]);
-        assert!(c.check(b"invoices.read").unwrap());
-        assert!(c.check(b"invoices.read").unwrap(), "memoized answer");
-        assert!(c.check(b"invoices.\xff").is_err());
-        assert!(c.can("invoices.read"));
-        assert!(!c.can("invoices.delete"));
-        assert!(!c.can("invoices.*"));
-        assert!(c.can("reports.delete"));
-        assert!(c.can("reports.*"));
-        assert!(!c.can("reportsx.read"));
-        assert!(ctx(&["*"]).can("anything.at_all"));
-        assert!(!ctx(&[]).can("invoices.read"));
+/// Loaded on demand in `'transaction'` scope, we were not there to police
+/// what was set before: a context written earlier (as a placeholder) is
+/// dropped, failing closed. Preloading avoids this (see the README).
+pub fn on_load() {
+    // SAFETY: a plain backend global.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    if !preloading
+        && gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction
+        && !with_raw_setting(|raw| raw.is_empty())
+    {
+        clear_session_value();
     }
+}
+
+/// Check hook of `warden.context`: only a session may set it (`SET`,
+/// `SET LOCAL`, `set_config`, `warden.set_context`). A default from
+/// `ALTER ROLE/DATABASE ... SET`, the server configuration or connection
+/// options would come back at every `RESET` or `DISCARD ALL`. The value is
+/// never echoed in the error.
+pub unsafe extern "C-unwind" fn context_check(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: newval points to the proposed value (NULL or a C string).
+    let empty = unsafe { (*newval).is_null() || **newval == 0 };
+    if empty || source == pg_sys::GucSource::PGC_S_SESSION {
+        return true;
+    }
+    // SAFETY: the documented way for a check hook to word its error; the
+    // message is copied into the current memory context.
+    unsafe {
+        pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
+        pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
+            c"warden.context can only be set in a session (warden.set_context), not as a default"
+                .as_ptr(),
+        );
+    }
+    false
 }

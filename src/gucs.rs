@@ -124,7 +124,7 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
-    // SAFETY: the assign hook only bumps a backend-local counter.
+    // SAFETY: the hooks only read their arguments and touch our own state.
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
             c"warden.context",
@@ -133,7 +133,7 @@ pub fn init() {
             &CONTEXT,
             GucContext::Userset,
             GucFlags::default(),
-            None,
+            Some(crate::context::context_check),
             Some(crate::context::context_assigned),
             None,
         );

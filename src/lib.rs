@@ -44,6 +44,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     context::init();
+    context::on_load();
     keys::workspace::init();
 }
 

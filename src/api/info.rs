@@ -4,7 +4,7 @@ use pgrx::prelude::*;
 
 /// The version of the loaded library (which can differ from the installed
 /// SQL objects' version until `ALTER EXTENSION pg_warden UPDATE`).
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(stable, parallel_safe)]
 fn library_version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }

@@ -14,7 +14,7 @@
 //! Reading and writing the table happens as the extension's owner: the
 //! callers (`warden_user`) may not see it.
 
-use crate::backend::{as_extension_owner, BackendLocal};
+use crate::backend::{as_extension_owner, select_one, BackendLocal};
 use crate::crypto::{derive_kek, key_wrap_aad, unwrap_key, wrap_key, DataKey, Key32};
 use crate::error::WardenError;
 use crate::keys::master::{self, MasterKeys};
@@ -80,8 +80,9 @@ unsafe extern "C-unwind" fn key_table_changed(_arg: pg_sys::Datum, relid: pg_sys
 }
 
 fn key_table_oid() -> Result<pg_sys::Oid, WardenError> {
-    let oid = Spi::get_one::<pg_sys::Oid>(
+    let oid = select_one::<pg_sys::Oid>(
         "SELECT 'warden.workspace_keys'::pg_catalog.regclass::pg_catalog.oid",
+        &[],
     )?
     .ok_or_else(|| WardenError::Internal("warden.workspace_keys is missing".into()))?;
     KEY_TABLE.set(oid);
@@ -147,7 +148,7 @@ fn read(ws: &[u8; 16], kind: KeyKind, version: Option<u32>) -> Result<Option<Sto
 pub fn is_shredded(ws: &[u8; 16]) -> Result<bool, WardenError> {
     let uuid = Uuid::from_bytes(*ws);
     as_extension_owner(|| {
-        Ok(Spi::get_one_with_args::<bool>(
+        Ok(select_one::<bool>(
             "SELECT EXISTS (SELECT FROM warden.shredded_workspaces
                              WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
             &[uuid.into()],
@@ -341,9 +342,9 @@ pub fn rewrap_all() -> Result<i64, WardenError> {
     let current = master::current()?;
     let previous = master::previous()?;
     let rows: Vec<(Uuid, i16, i32, Vec<u8>, String)> = as_extension_owner(|| {
-        Spi::connect(|client| {
+        Spi::connect_mut(|client| {
             let mut out = Vec::new();
-            for row in client.select(
+            for row in client.update(
                 "SELECT workspace_id, kind, version, wrapped, master_key_id
                    FROM warden.workspace_keys
                   WHERE master_key_id OPERATOR(pg_catalog.<>) $1

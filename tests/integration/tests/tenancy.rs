@@ -194,6 +194,7 @@ fn isolation_matrix() {
 fn forged_and_foreign_contexts_are_no_context() {
     setup("tenancy_forged");
     let c = cluster();
+    let mut su = c.superuser("tenancy_forged");
     let mut app = c.connect("tenancy_forged", "tenancy_app").unwrap();
     let token: String = app
         .query_one(
@@ -229,6 +230,19 @@ fn forged_and_foreign_contexts_are_no_context() {
         .unwrap()
         .get(0);
     assert_eq!(ws, None);
+    // Another login role that reads the token (in pg_stat_statements, say)
+    // cannot use it: a token is bound to the role that set it.
+    c.create_login_role("tenancy_snoop", &["warden_user"]);
+    su.batch_execute("GRANT SELECT ON public.docs TO tenancy_snoop")
+        .unwrap();
+    let mut snoop = c.connect("tenancy_forged", "tenancy_snoop").unwrap();
+    snoop
+        .execute("SELECT set_config('warden.context', $1, false)", &[&token])
+        .unwrap();
+    assert!(
+        ids(&mut snoop).is_empty(),
+        "a harvested token worked for another role"
+    );
     // The genuine token, written directly, is the context (Citus form).
     app.execute("SELECT set_config('warden.context', $1, false)", &[&token])
         .unwrap();

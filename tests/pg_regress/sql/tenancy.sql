@@ -181,6 +181,30 @@ SELECT warden.isolate('public.bare_calls');
 SELECT policyname, qual FROM pg_policies WHERE tablename = 'bare_calls' AND cmd = 'SELECT';
 RESET warden.policy_calls;
 
+-- Parallel workers see the same context (bare calls run in the workers).
+CREATE TABLE public.parallel_rows (workspace_id uuid NOT NULL, n int);
+INSERT INTO public.parallel_rows
+SELECT CASE WHEN g % 4 = 0 THEN 'aaaaaaaa-0000-4000-8000-000000000000'::uuid
+            ELSE 'bbbbbbbb-0000-4000-8000-000000000000'::uuid END, g
+  FROM generate_series(1, 20000) AS g;
+SET warden.policy_calls = bare;
+SELECT warden.isolate('public.parallel_rows');
+RESET warden.policy_calls;
+GRANT SELECT ON public.parallel_rows TO regress_app;
+ANALYZE public.parallel_rows;
+SET ROLE regress_app;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM public.parallel_rows;
+SELECT count(*) FROM public.parallel_rows;
+SELECT warden.clear_context();
+RESET ALL;
+RESET ROLE;
+
 -- 'transaction' scope: a context never outlives its transaction, even when
 -- set session-wide or written directly.
 SET warden.context_scope = 'transaction';
@@ -198,8 +222,30 @@ SET warden.context = :'token';
 SELECT warden.current_role() AS within_the_transaction;
 ROLLBACK;
 SELECT warden.current_role() IS NULL AS gone_after_rollback;
+-- A session value hidden under an empty SET LOCAL is cleared too.
+BEGIN;
+SELECT set_config('warden.context', :'token', false) IS NOT NULL AS set_session;
+SET LOCAL warden.context = '';
+COMMIT;
+SELECT warden.current_role() IS NULL AS hidden_value_gone;
+-- Parallel workers keep the leader's context in this scope too.
+BEGIN;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
+SET LOCAL parallel_setup_cost = 0;
+SET LOCAL parallel_tuple_cost = 0;
+SET LOCAL min_parallel_table_scan_size = 0;
+SET LOCAL max_parallel_workers_per_gather = 2;
+SELECT count(*) AS parallel_count FROM public.parallel_rows;
+COMMIT;
 RESET ROLE;
 RESET warden.context_scope;
+
+-- The context cannot be made a default: it would return at every RESET.
+SELECT regress.error_of($$ALTER ROLE regress_app SET warden.context = 'v1.00.00'$$);
+SELECT regress.error_of($$ALTER DATABASE pg_warden_regress SET warden.context = 'v1.00.00'$$);
+ALTER ROLE regress_app SET warden.context = '';
+ALTER ROLE regress_app RESET warden.context;
 
 -- PostgREST claims: off by default, superuser-only to turn on.
 SET ROLE regress_app;
@@ -235,30 +281,6 @@ RESET ROLE;
 RESET warden.jwt_workspace_claim;
 RESET warden.trust_jwt_claims;
 RESET request.jwt.claims;
-
--- Parallel workers see the same context (bare calls run in the workers).
-CREATE TABLE public.parallel_rows (workspace_id uuid NOT NULL, n int);
-INSERT INTO public.parallel_rows
-SELECT CASE WHEN g % 4 = 0 THEN 'aaaaaaaa-0000-4000-8000-000000000000'::uuid
-            ELSE 'bbbbbbbb-0000-4000-8000-000000000000'::uuid END, g
-  FROM generate_series(1, 20000) AS g;
-SET warden.policy_calls = bare;
-SELECT warden.isolate('public.parallel_rows');
-RESET warden.policy_calls;
-GRANT SELECT ON public.parallel_rows TO regress_app;
-ANALYZE public.parallel_rows;
-SET ROLE regress_app;
-SET parallel_setup_cost = 0;
-SET parallel_tuple_cost = 0;
-SET min_parallel_table_scan_size = 0;
-SET max_parallel_workers_per_gather = 2;
-SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
-                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
-EXPLAIN (COSTS OFF) SELECT count(*) FROM public.parallel_rows;
-SELECT count(*) FROM public.parallel_rows;
-SELECT warden.clear_context();
-RESET ALL;
-RESET ROLE;
 
 DROP TABLE public."Invoice Items", public.bare_calls, public.parallel_rows;
 DELETE FROM warden.memberships;
