@@ -82,9 +82,10 @@ fn encrypt_text(
     Ok(Some(seal(PayloadType::Text, value.as_bytes(), context)?))
 }
 
-/// Encrypts bytes. A value that already is a ciphertext of the acting
-/// workspace is returned unchanged: paths that re-run (restores, triggers
-/// re-fired by `ON CONFLICT`) never encrypt twice.
+/// Encrypts bytes. A value that already is a ciphertext is returned
+/// unchanged (refused if it belongs to another workspace than the acting
+/// one): paths that re-run (restores, triggers re-fired by `ON CONFLICT`)
+/// never encrypt twice.
 #[pg_extern(name = "encrypt", volatile, parallel_unsafe)]
 fn encrypt_bytea(
     value: Option<&[u8]>,
@@ -92,8 +93,11 @@ fn encrypt_bytea(
 ) -> SqlResult<Option<Vec<u8>>> {
     let Some(value) = value else { return Ok(None) };
     if let Ok(env) = envelope::parse(value) {
-        let ws = acting_workspace()?;
-        if env.header().workspace_id != ws {
+        // Already a ciphertext: returned as is, with or without a context
+        // (a restore replays values with none); but a context may not adopt
+        // another workspace's ciphertext.
+        let acting = context::with_current(|c| c.map(|c| c.workspace_id))?;
+        if acting.is_some_and(|ws| ws != env.header().workspace_id) {
             return Err(WardenError::WrongWorkspace(
                 Uuid::from_bytes(env.header().workspace_id).to_string(),
             )

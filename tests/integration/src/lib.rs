@@ -120,7 +120,7 @@ impl Cluster {
         );
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             fsync = off\nshared_preload_libraries = 'pg_warden'\n\
+             fsync = off\nshared_preload_libraries = 'pg_warden, pg_stat_statements'\n\
              warden.master_key_file = '{}'\nmax_connections = 50\n",
             socket.display(),
             key.display()
@@ -234,6 +234,35 @@ impl Cluster {
             .arg(self.port.to_string());
         cmd.arg("-U").arg("postgres");
         cmd
+    }
+
+    /// The master key file this cluster was started with.
+    pub fn master_key_file(&self) -> PathBuf {
+        self.dir.join("master.key")
+    }
+
+    /// Runs a shell command as the cluster's OS user (e.g. to prepare a key
+    /// file with a given owner and mode).
+    pub fn shell_as_pg(&self, script: &str) {
+        run(as_pg("sh").arg("-c").arg(script), script);
+    }
+
+    /// `ALTER SYSTEM SET`s (as the superuser) and a configuration reload;
+    /// new connections see the settings.
+    pub fn reconfigure(&self, settings: &[(&str, &str)]) {
+        let mut su = self.superuser("postgres");
+        for (name, value) in settings {
+            let sql = if value.is_empty() {
+                format!("ALTER SYSTEM RESET {name}")
+            } else {
+                format!("ALTER SYSTEM SET {name} = '{value}'")
+            };
+            su.batch_execute(&sql).unwrap();
+        }
+        su.batch_execute("SELECT pg_reload_conf()").unwrap();
+        // Backends pick the reload up at their next command; give the
+        // postmaster a moment to signal them.
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
 
     /// The server log so far (for assertions that nothing leaked into it).
