@@ -31,7 +31,8 @@ BEGIN
     END LOOP;
     SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) INTO mb FROM unnest(b) AS x;
     SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) INTO mo FROM unnest(o) AS x;
-    RETURN rpad(measure || ':', 62) || lpad(to_char(mo / nullif(mb, 0), 'FM990.00') || 'x', 8)
+    RETURN rpad(measure || ':', 62)
+        || lpad(to_char(mo / nullif(mb, 0), CASE WHEN mo / nullif(mb, 0) < 0.1 THEN 'FM0.0000' ELSE 'FM990.00' END) || 'x', 8)
         || format('  (ours %s ms, baseline %s ms, median of %s)',
                   to_char(mo, 'FM999990.000'), to_char(mb, 'FM999990.000'), runs)
         || CASE WHEN goal IS NULL THEN '' ELSE '  goal ' || goal END;

@@ -8,12 +8,14 @@
 //! Invoker rights: keys are read as the extension's owner inside, so the
 //! per-row path pays no SECURITY DEFINER overhead.
 
+use crate::backend::BackendLocal;
 use crate::context;
-use crate::crypto::{self, envelope, EnvelopeHeader, PayloadType};
+use crate::crypto::{self, envelope, EnvelopeHeader, NonceGenerator, PayloadType};
 use crate::error::{raise, SqlResult, WardenError};
 use crate::keys::workspace;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
+use std::cell::RefCell;
 
 /// The acting workspace; encryption needs one.
 fn acting_workspace() -> Result<[u8; 16], WardenError> {
@@ -28,13 +30,23 @@ fn seal(
     let ws = acting_workspace()?;
     let (version, key) = workspace::current_data_key(&ws)?;
     let header = EnvelopeHeader::new(payload, ws, version);
+    // SAFETY: MyProcPid is set at process start, before any SQL runs.
+    let nonce = NONCES
+        .borrow_mut()
+        .next(unsafe { pg_sys::MyProcPid } as u32)?;
     Ok(envelope::seal_with(
         &key,
         &header,
         plaintext,
         context.map(str::as_bytes),
+        nonce,
     )?)
 }
+
+/// This backend's nonce source (reseeded if it finds itself in another
+/// process, see `crypto/nonce.rs`).
+static NONCES: BackendLocal<RefCell<NonceGenerator>> =
+    BackendLocal::new(RefCell::new(NonceGenerator::new()));
 
 /// Parses and authenticates a ciphertext of the acting workspace.
 fn open(

@@ -40,6 +40,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::error::CryptoError;
 use super::keys::Key32;
+use super::nonce::FreshNonce;
 use super::{NONCE_LEN, TAG_LEN};
 
 /// Envelope magic: "WD".
@@ -357,20 +358,26 @@ pub fn seal(
     plaintext: &[u8],
     context: Option<&[u8]>,
 ) -> Result<Vec<u8>, CryptoError> {
-    seal_with(&DataKey::new(dek), header, plaintext, context)
+    seal_with(
+        &DataKey::new(dek),
+        header,
+        plaintext,
+        context,
+        FreshNonce::from_os()?,
+    )
 }
 
 /// Encrypts `plaintext` under a cached [`DataKey`] with a fresh random
-/// nonce from the OS (one `getrandom` call; fork-safe). One allocation.
+/// nonce (from a [`NonceGenerator`](super::NonceGenerator) on hot paths).
+/// One allocation.
 pub fn seal_with(
     key: &DataKey,
     header: &EnvelopeHeader,
     plaintext: &[u8],
     context: Option<&[u8]>,
+    nonce: FreshNonce,
 ) -> Result<Vec<u8>, CryptoError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce).map_err(|_| CryptoError::Random)?;
-    seal_with_nonce(key, header, &nonce, plaintext, context)
+    seal_with_nonce(key, header, &nonce.0, plaintext, context)
 }
 
 /// [`seal_with`] with a caller-chosen nonce. Private: a repeated nonce
@@ -497,7 +504,14 @@ mod tests {
     fn cached_data_key_matches_convenience_form() {
         let k = dek();
         let dk = DataKey::new(&k);
-        let ct = seal_with(&dk, &hdr(PayloadType::Text), b"abc", Some(b"c")).unwrap();
+        let ct = seal_with(
+            &dk,
+            &hdr(PayloadType::Text),
+            b"abc",
+            Some(b"c"),
+            FreshNonce::from_os().unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             &**open(&k, &parse(&ct).unwrap(), Some(b"c")).unwrap(),
             b"abc"
@@ -888,7 +902,7 @@ mod tests {
         let h = hdr(PayloadType::Bytea);
         let mut seen = HashSet::with_capacity(100_000);
         for _ in 0..100_000 {
-            let ct = seal_with(&dk, &h, b"", None).unwrap();
+            let ct = seal_with(&dk, &h, b"", None, FreshNonce::from_os().unwrap()).unwrap();
             let nonce = *parse(&ct).unwrap().nonce();
             assert!(seen.insert(nonce), "repeated nonce");
         }
@@ -898,7 +912,14 @@ mod tests {
     fn debug_output_hides_secrets() {
         let dk = DataKey::new(&dek());
         assert_eq!(format!("{dk:?}"), "DataKey(..)");
-        let ct = seal_with(&dk, &hdr(PayloadType::Text), b"topsecret", None).unwrap();
+        let ct = seal_with(
+            &dk,
+            &hdr(PayloadType::Text),
+            b"topsecret",
+            None,
+            FreshNonce::from_os().unwrap(),
+        )
+        .unwrap();
         let dbg = format!("{:?}", parse(&ct).unwrap());
         assert!(!dbg.contains("topsecret"));
     }
@@ -984,7 +1005,9 @@ mod tests {
             ),
         ]
         .iter()
-        .map(|(pt, p)| seal_with(&dk, &hdr(*p), pt, Some(ctx)).unwrap())
+        .map(|(pt, p)| {
+            seal_with(&dk, &hdr(*p), pt, Some(ctx), FreshNonce::from_os().unwrap()).unwrap()
+        })
         .collect();
 
         let (mut parsed, mut opened_originals) = (0u64, 0u64);

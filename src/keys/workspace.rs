@@ -49,9 +49,30 @@ static CACHE: BackendLocal<RefCell<Option<KeyCache>>> = BackendLocal::new(RefCel
 static KEY_TABLE: BackendLocal<Cell<pg_sys::Oid>> =
     BackendLocal::new(Cell::new(pg_sys::InvalidOid));
 
+/// The last key used, by (workspace, version): a backend usually works in
+/// one workspace at a time, and this skips hashing on every row.
+struct LastKey {
+    ws: [u8; 16],
+    version: u32,
+    current: bool,
+    key: Rc<DataKey>,
+}
+
+static LAST: BackendLocal<RefCell<Option<LastKey>>> = BackendLocal::new(RefCell::new(None));
+
 /// Forgets every unwrapped key in this backend (they zeroize on drop).
 pub fn forget_all() {
+    *LAST.borrow_mut() = None;
     *CACHE.borrow_mut() = None;
+}
+
+fn remember(ws: &[u8; 16], version: u32, current: bool, key: &Rc<DataKey>) {
+    *LAST.borrow_mut() = Some(LastKey {
+        ws: *ws,
+        version,
+        current,
+        key: key.clone(),
+    });
 }
 
 fn with_cache<R>(ws: &[u8; 16], f: impl FnOnce(&mut Cached) -> R) -> R {
@@ -187,7 +208,17 @@ fn missing(ws: &[u8; 16], version: Option<u32>) -> WardenError {
 
 /// The data key of `version`, for decryption.
 pub fn data_key(ws: &[u8; 16], version: u32) -> Result<Rc<DataKey>, WardenError> {
+    let last = LAST
+        .borrow()
+        .as_ref()
+        .filter(|l| l.ws == *ws && l.version == version)
+        .map(|l| l.key.clone());
+    if let Some(key) = last {
+        return Ok(key);
+    }
     if let Some(key) = with_cache(ws, |c| c.data.get(&version).cloned()) {
+        let current = with_cache(ws, |c| c.current == Some(version));
+        remember(ws, version, current, &key);
         return Ok(key);
     }
     let stored =
@@ -207,12 +238,21 @@ pub fn data_key(ws: &[u8; 16], version: u32) -> Result<Rc<DataKey>, WardenError>
 /// backends converge on one: the losers' inserts do nothing and they read
 /// the winner's).
 pub fn current_data_key(ws: &[u8; 16]) -> Result<(u32, Rc<DataKey>), WardenError> {
+    let last = LAST
+        .borrow()
+        .as_ref()
+        .filter(|l| l.ws == *ws && l.current)
+        .map(|l| (l.version, l.key.clone()));
+    if let Some(found) = last {
+        return Ok(found);
+    }
     let cached = with_cache(ws, |c| {
         c.current
             .and_then(|v| c.data.get(&v).map(|k| (v, k.clone())))
     });
-    if let Some(found) = cached {
-        return Ok(found);
+    if let Some((version, key)) = cached {
+        remember(ws, version, true, &key);
+        return Ok((version, key));
     }
     let stored = match read(ws, KeyKind::Data, None)? {
         Some(stored) => stored,
@@ -231,6 +271,7 @@ pub fn current_data_key(ws: &[u8; 16]) -> Result<(u32, Rc<DataKey>), WardenError
         c.current = Some(stored.version);
         c.data.insert(stored.version, key.clone());
     });
+    remember(ws, stored.version, true, &key);
     Ok((stored.version, key))
 }
 
