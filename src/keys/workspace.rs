@@ -194,6 +194,12 @@ fn unwrap_stored(
         .map_err(|_| WardenError::KeyUnwrapFailed)
 }
 
+/// A stored data key, unwrapped and expanded for AES-GCM.
+fn unwrap_data_key(ws: &[u8; 16], stored: &Stored) -> Result<Rc<DataKey>, WardenError> {
+    let key = unwrap_stored(&*master::current()?, ws, KeyKind::Data, stored)?;
+    Ok(Rc::new(DataKey::new(&key)))
+}
+
 /// Why a key could not be found.
 fn missing(ws: &[u8; 16], version: Option<u32>) -> WardenError {
     match is_shredded(ws) {
@@ -223,12 +229,7 @@ pub fn data_key(ws: &[u8; 16], version: u32) -> Result<Rc<DataKey>, WardenError>
     }
     let stored =
         read(ws, KeyKind::Data, Some(version))?.ok_or_else(|| missing(ws, Some(version)))?;
-    let key = Rc::new(DataKey::new(&unwrap_stored(
-        &*master::current()?,
-        ws,
-        KeyKind::Data,
-        &stored,
-    )?));
+    let key = unwrap_data_key(ws, &stored)?;
     with_cache(ws, |c| c.data.insert(version, key.clone()));
     Ok(key)
 }
@@ -261,12 +262,7 @@ pub fn current_data_key(ws: &[u8; 16]) -> Result<(u32, Rc<DataKey>), WardenError
             read(ws, KeyKind::Data, None)?.ok_or_else(|| missing(ws, None))?
         }
     };
-    let key = Rc::new(DataKey::new(&unwrap_stored(
-        &*master::current()?,
-        ws,
-        KeyKind::Data,
-        &stored,
-    )?));
+    let key = unwrap_data_key(ws, &stored)?;
     with_cache(ws, |c| {
         c.current = Some(stored.version);
         c.data.insert(stored.version, key.clone());

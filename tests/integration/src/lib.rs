@@ -236,6 +236,41 @@ impl Cluster {
         cmd
     }
 
+    /// `pg_dump -Fc` of `from`, restored with `pg_restore --exit-on-error`
+    /// into a new database `to` of this cluster (same master key).
+    pub fn dump_and_restore(&self, from: &str, to: &str) {
+        let path = self.dir.join(format!("{from}.dump"));
+        let dump = self
+            .client_program("pg_dump")
+            .args(["-Fc", "-d", from, "-f"])
+            .arg(&path)
+            .output();
+        let dump = dump.unwrap();
+        assert!(
+            dump.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
+        let mut admin = self.superuser("postgres");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{to}\""))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{to}\""))
+            .unwrap();
+        let mut restore = self.client_program("pg_restore");
+        let restore = restore
+            .args(["--exit-on-error", "-d", to])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            restore.status.success(),
+            "pg_restore: {}",
+            String::from_utf8_lossy(&restore.stderr)
+        );
+    }
+
     /// The master key file this cluster was started with.
     pub fn master_key_file(&self) -> PathBuf {
         self.dir.join("master.key")

@@ -194,33 +194,7 @@ fn dump_and_restore_decrypt_everything_and_encrypt_nothing_twice() {
         .map(|r| r.get(0))
         .collect();
 
-    let path = c.dir.join("enc_dump.dump");
-    let dump = c
-        .client_program("pg_dump")
-        .args(["-Fc", "-d", "enc_dump", "-f"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let mut pg = c.superuser("postgres");
-    pg.batch_execute("DROP DATABASE IF EXISTS enc_restored")
-        .unwrap();
-    pg.batch_execute("CREATE DATABASE enc_restored").unwrap();
-    let restore = c
-        .client_program("pg_restore")
-        .args(["--exit-on-error", "-d", "enc_restored"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        restore.status.success(),
-        "{}",
-        String::from_utf8_lossy(&restore.stderr)
-    );
+    c.dump_and_restore("enc_dump", "enc_restored");
 
     let mut restored_su = c.superuser("enc_restored");
     let after: Vec<Vec<u8>> = restored_su

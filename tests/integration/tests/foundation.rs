@@ -208,16 +208,6 @@ fn configuration_tables_survive_dump_and_restore() {
     )
     .unwrap();
 
-    let dump = c
-        .client_program("pg_dump")
-        .args(["-Fc", "-d", "dump_src"])
-        .output()
-        .unwrap();
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
     let text = c
         .client_program("pg_dump")
         .args(["-d", "dump_src"])
@@ -233,24 +223,7 @@ fn configuration_tables_survive_dump_and_restore() {
         assert!(text.contains(needle), "dump lacks {needle:?}");
     }
 
-    let mut admin = c.superuser("postgres");
-    admin
-        .batch_execute("DROP DATABASE IF EXISTS dump_dst")
-        .unwrap();
-    admin.batch_execute("CREATE DATABASE dump_dst").unwrap();
-    let path = c.dir.join("dump_src.dump");
-    std::fs::write(&path, &dump.stdout).unwrap();
-    let restore = c
-        .client_program("pg_restore")
-        .args(["--exit-on-error", "-d", "dump_dst"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        restore.status.success(),
-        "{}",
-        String::from_utf8_lossy(&restore.stderr)
-    );
+    c.dump_and_restore("dump_src", "dump_dst");
 
     let mut dst = c.superuser("dump_dst");
     let q = |db: &mut postgres::Client, sql: &str| -> Vec<String> {
