@@ -33,6 +33,18 @@ GRANT EXECUTE ON FUNCTION
     warden.blind_index(text, text), warden.envelope_info(bytea)
 TO warden_user;
 
+-- Audit: table owners attach the triggers (the trigger functions must be
+-- executable by whoever creates the trigger; called directly they refuse);
+-- applications log events and read their workspace's trail; administrators
+-- verify and purge, and read everything.
+GRANT EXECUTE ON FUNCTION
+    warden.enable_audit(regclass, text[]), warden.disable_audit(regclass),
+    warden.audit_row(), warden.audit_truncate()
+TO PUBLIC;
+GRANT EXECUTE ON FUNCTION warden.log_event(text, text, jsonb) TO warden_user;
+GRANT EXECUTE ON FUNCTION warden.verify_audit(), warden.purge_audit(timestamptz) TO warden_admin;
+GRANT SELECT ON warden.audit_log TO warden_user;
+
 -- Key management: administrators only.
 GRANT EXECUTE ON FUNCTION
     warden.rotate_workspace_key(uuid), warden.shred_workspace(uuid), warden.rewrap_keys(),

@@ -503,9 +503,11 @@ unsafe extern "C-unwind" fn end_of_transaction(
     if unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
         return;
     }
-    // A rolled-back transaction may have cached keys it created.
+    // A rolled-back transaction may have cached keys it created, and
+    // leaves no audit entries to seal.
     if event == XACT_EVENT_ABORT {
         crate::keys::workspace::forget_all();
+        crate::audit::forget_pending();
     }
     // Claims are resolved once per transaction.
     if matches!(
@@ -515,6 +517,10 @@ unsafe extern "C-unwind" fn end_of_transaction(
         *CLAIMS.borrow_mut() = None;
     }
     let ending = event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE;
+    if ending {
+        // Seal this transaction's audit entries into their chains.
+        crate::audit::seal_transaction().unwrap_or_else(|e| crate::error::raise(e));
+    }
     if ending && gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction {
         clear_session_value();
     }

@@ -80,6 +80,8 @@ pub enum WardenError {
     KeyUnwrapFailed,
     #[error("the value is not valid UTF-8 text")]
     NotText,
+    #[error("the audit trail is append-only: only warden.purge_audit() deletes from it")]
+    AppendOnly,
     #[error("internal error in pg_warden: {0}")]
     Internal(String),
 }
@@ -117,6 +119,7 @@ impl WardenError {
             | WardenError::NoKeysYet(_)
             | WardenError::WrappedByOtherMasterKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WardenError::NotText => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            WardenError::AppendOnly => ERRCODE_INSUFFICIENT_PRIVILEGE,
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

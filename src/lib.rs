@@ -15,6 +15,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod audit;
 mod backend;
 mod context;
 pub mod crypto;

@@ -1,11 +1,12 @@
 //! The SQL surface of schema `warden`, one file per area. Nothing outside
 //! this module declares `#[pg_extern]`.
 
+mod audit;
 mod authz;
 mod encrypt;
 mod info;
 mod keys;
-mod policies;
+pub(crate) mod policies;
 
 /// Catalog-level promises about the whole SQL surface. These query the
 /// catalogs, so they keep holding as later areas add functions.
@@ -48,6 +49,10 @@ mod tests {
             "warden.isolate(regclass,name)",
             "warden.protect(regclass,text)",
             "warden.isolate_user(regclass,name)",
+            "warden.enable_audit(regclass,text[])",
+            "warden.disable_audit(regclass)",
+            "warden.audit_row()",
+            "warden.audit_truncate()",
         ];
         let public: Vec<String> = Spi::connect(|client| {
             client
@@ -84,8 +89,8 @@ mod tests {
         assert_eq!(
             dumped.as_deref(),
             Some(
-                "warden.memberships,warden.role_permissions,warden.roles,\
-                 warden.shredded_workspaces,warden.workspace_keys"
+                "warden.audit_log,warden.audit_log_id_seq,warden.audit_seals,warden.memberships,\
+                 warden.role_permissions,warden.roles,warden.shredded_workspaces,warden.workspace_keys"
             )
         );
     }

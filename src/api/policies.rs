@@ -61,6 +61,16 @@ pgrx::impl_sql_translatable!(SqlName, arg_only = "name");
 /// the same session.)
 pub struct Table(pg_sys::Oid);
 
+impl Table {
+    pub fn oid(&self) -> pg_sys::Oid {
+        self.0
+    }
+
+    pub fn from_oid(oid: pg_sys::Oid) -> Table {
+        Table(oid)
+    }
+}
+
 impl FromDatum for Table {
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,

@@ -13,6 +13,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 
 /// `info` prefix of a workspace KEK; the 16 workspace-id bytes follow.
+const AUDIT_KEY_LABEL: &[u8] = b"pg_warden/v1/audit";
 const KEK_LABEL: &[u8] = b"pg_warden/v1/kek/";
 /// `info` of the master key fingerprint.
 const MASTER_KEY_ID_LABEL: &[u8] = b"pg_warden/v1/master-key-id";
@@ -45,6 +46,14 @@ pub fn derive_kek(master: &Key32, workspace_id: &[u8; 16]) -> Key32 {
 pub fn derive_seal_key(master: &Key32) -> Key32 {
     let mut key = Key32::zeroed();
     expand(master, &[SEAL_KEY_LABEL], key.expose_mut());
+    key
+}
+
+/// The key that MACs the audit trail (entries and their chain):
+/// HKDF-SHA256(master, info = `"pg_warden/v1/audit"`).
+pub fn derive_audit_key(master: &Key32) -> Key32 {
+    let mut key = Key32::zeroed();
+    expand(master, &[AUDIT_KEY_LABEL], key.expose_mut());
     key
 }
 

@@ -10,7 +10,7 @@
 //! slow: a KMS round trip) or in a new backend.
 
 use crate::backend::BackendLocal;
-use crate::crypto::{derive_seal_key, master_key_id, Key32};
+use crate::crypto::{derive_audit_key, derive_seal_key, master_key_id, Key32};
 use crate::error::WardenError;
 use crate::gucs;
 use pgrx::guc::GucSetting;
@@ -29,6 +29,8 @@ pub struct MasterKeys {
     pub id: String,
     /// Seals session contexts (`warden.context`).
     pub seal: Key32,
+    /// MACs the audit trail.
+    pub audit: Key32,
 }
 
 impl MasterKeys {
@@ -36,6 +38,7 @@ impl MasterKeys {
         MasterKeys {
             id: master_key_id(&master),
             seal: derive_seal_key(&master),
+            audit: derive_audit_key(&master),
             master,
         }
     }

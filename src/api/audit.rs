@@ -1,0 +1,333 @@
+//! The audit trail's SQL surface: `enable_audit`, `disable_audit`,
+//! `log_event`, `verify_audit`, `purge_audit`, and the trigger functions.
+
+// The trail's tables, after the guard trigger function they use.
+extension_sql_file!(
+    "../../sql/audit.sql",
+    name = "audit",
+    requires = ["helpers", audit_append_only]
+);
+
+use crate::api::policies::Table;
+use crate::audit::{self, Entry};
+use crate::error::{raise, required, SqlResult, WardenError};
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::{Map, Value};
+
+/// Guards the trail: UPDATE, DELETE and TRUNCATE are refused for everyone,
+/// the owner and superusers included; only `warden.purge_audit()` deletes.
+#[pg_trigger]
+fn audit_append_only<'a>(
+    _trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    if audit::purging() {
+        return Ok(_trigger.old());
+    }
+    raise(WardenError::AppendOnly)
+}
+
+extern "C-unwind" {
+    /// PostgreSQL's `row_to_json(record)`, called through the function
+    /// manager (pgrx's binding of it is a guarded Rust function).
+    fn row_to_json(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+}
+
+/// One row of a trigger's tuple as a JSON object (PostgreSQL's own
+/// `row_to_json`, so every type is rendered as it would be in SQL).
+fn row_json(tuple: *mut pg_sys::HeapTupleData, desc: pg_sys::TupleDesc) -> Map<String, Value> {
+    // SAFETY: tuple and descriptor come from the firing trigger; row_to_json
+    // reads the row type from the composite datum it is given.
+    let text = unsafe {
+        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
+        let json = pg_sys::DirectFunctionCall1Coll(Some(row_to_json), pg_sys::InvalidOid, datum);
+        let cstr = pg_sys::text_to_cstring(json.cast_mut_ptr());
+        std::ffi::CStr::from_ptr(cstr)
+            .to_string_lossy()
+            .into_owned()
+    };
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Trigger arguments written by `enable_audit`: `pk=<column>` and
+/// `redact=<column>`.
+struct Columns {
+    key: Vec<String>,
+    redact: Vec<String>,
+}
+
+fn columns(trigger: &PgTrigger) -> Columns {
+    let args = trigger.extra_args().unwrap_or_default();
+    let pick = |prefix: &str| -> Vec<String> {
+        args.iter()
+            .filter_map(|a| a.strip_prefix(prefix).map(str::to_string))
+            .collect()
+    };
+    Columns {
+        key: pick("pk="),
+        redact: pick("redact="),
+    }
+}
+
+fn redacted(mut row: Map<String, Value>, redact: &[String]) -> Map<String, Value> {
+    for column in redact {
+        if let Some(v) = row.get_mut(column) {
+            *v = Value::String("[redacted]".into());
+        }
+    }
+    row
+}
+
+fn key_of(row: &Map<String, Value>, key: &[String]) -> Option<Value> {
+    (!key.is_empty()).then(|| {
+        Value::Object(
+            key.iter()
+                .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
+                .collect(),
+        )
+    })
+}
+
+/// Records each changed row: action, table, primary key, old and new values
+/// (only the changed columns for UPDATE), redacted columns as
+/// `"[redacted]"`. Encrypted columns hold ciphertext and are logged as
+/// such: nothing is ever decrypted.
+#[pg_trigger]
+fn audit_row<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    let data = trigger.trigger_data();
+    let cols = columns(trigger);
+    // SAFETY: the firing relation and its descriptor.
+    let (desc, target) = unsafe {
+        let rel = data.tg_relation;
+        let desc = (*rel).rd_att;
+        let nsp = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+        let schema = std::ffi::CStr::from_ptr(nsp).to_string_lossy();
+        let name =
+            std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
+        (desc, format!("{schema}.{name}"))
+    };
+    let op = trigger
+        .op()
+        .map_err(|e| WardenError::Internal(e.to_string()))?;
+    let (action, old, new) = match op {
+        PgTriggerOperation::Insert => ("INSERT", None, Some(row_json(data.tg_trigtuple, desc))),
+        PgTriggerOperation::Delete => ("DELETE", Some(row_json(data.tg_trigtuple, desc)), None),
+        PgTriggerOperation::Update => (
+            "UPDATE",
+            Some(row_json(data.tg_trigtuple, desc)),
+            Some(row_json(data.tg_newtuple, desc)),
+        ),
+        PgTriggerOperation::Truncate => {
+            return Err(WardenError::Internal("row-level TRUNCATE".into()))
+        }
+    };
+    let row_key = key_of(new.as_ref().or(old.as_ref()).unwrap(), &cols.key).map(|k| {
+        Value::Object(redacted(
+            k.as_object().cloned().unwrap_or_default(),
+            &cols.redact,
+        ))
+    });
+    let (old, new) = match (old, new) {
+        // Only what changed.
+        (Some(mut o), Some(mut n)) => {
+            let same: Vec<String> = n
+                .iter()
+                .filter(|(k, v)| o.get(*k) == Some(v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in same {
+                o.remove(&k);
+                n.remove(&k);
+            }
+            (Some(o), Some(n))
+        }
+        other => other,
+    };
+    let to_value =
+        |m: Option<Map<String, Value>>| m.map(|m| Value::Object(redacted(m, &cols.redact)));
+    let entry = Entry {
+        action: action.into(),
+        target: Some(target),
+        row_key,
+        old_values: to_value(old),
+        new_values: to_value(new),
+        detail: None,
+    };
+    audit::record(entry).unwrap_or_else(|e| raise(e));
+    Ok(None)
+}
+
+/// Records a TRUNCATE of an audited table.
+#[pg_trigger]
+fn audit_truncate<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    let schema = trigger
+        .table_schema()
+        .map_err(|e| WardenError::Internal(e.to_string()))?;
+    let name = trigger
+        .table_name()
+        .map_err(|e| WardenError::Internal(e.to_string()))?;
+    let entry = Entry {
+        action: "TRUNCATE".into(),
+        target: Some(format!("{schema}.{name}")),
+        row_key: None,
+        old_values: None,
+        new_values: None,
+        detail: None,
+    };
+    audit::record(entry).unwrap_or_else(|e| raise(e));
+    Ok(None)
+}
+
+/// Attaches the audit triggers to a table (idempotent: re-run it after
+/// changing the primary key or the redacted columns). Runs with the
+/// caller's rights: only the table's owner can add triggers.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn enable_audit(
+    tbl: Option<Table>,
+    redact: default!(Option<Vec<String>>, "'{}'"),
+) -> SqlResult<()> {
+    let tbl = required(tbl, "tbl")?.oid();
+    let redact = required(redact, "redact")?;
+    let table = Spi::get_one_with_args::<String>(
+        "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+        &[tbl.into()],
+    )
+    .map_err(WardenError::from)?
+    .unwrap_or_default();
+    for column in &redact {
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                             WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+            &[tbl.into(), column.as_str().into()],
+        )
+        .map_err(WardenError::from)?
+        .unwrap_or(false);
+        if !exists {
+            return Err(WardenError::UndefinedColumn {
+                table,
+                column: column.clone(),
+            }
+            .into());
+        }
+    }
+    let key: Vec<String> = Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT a.attname::text FROM pg_catalog.pg_index AS i
+               JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+              WHERE i.indrelid = $1 AND i.indisprimary
+              ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            None,
+            &[tbl.into()],
+        )? {
+            out.push(row.get::<String>(1)?.unwrap_or_default());
+        }
+        Ok::<_, WardenError>(out)
+    })?;
+    let args: Vec<String> = key
+        .iter()
+        .map(|k| format!("pk={k}"))
+        .chain(redact.iter().map(|r| format!("redact={r}")))
+        .collect();
+    let args = Spi::get_one_with_args::<String>(
+        "SELECT COALESCE(string_agg(quote_literal(a), ', '), '') FROM unnest($1::text[]) AS a",
+        &[args.into()],
+    )
+    .map_err(WardenError::from)?
+    .unwrap_or_default();
+    disable_audit(Some(Table::from_oid(tbl)))?;
+    Spi::run(&format!(
+        "CREATE TRIGGER warden_audit AFTER INSERT OR UPDATE OR DELETE ON {table}
+             FOR EACH ROW EXECUTE FUNCTION warden.audit_row({args});
+         CREATE TRIGGER warden_audit_truncate AFTER TRUNCATE ON {table}
+             FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();"
+    ))
+    .map_err(WardenError::from)?;
+    Ok(())
+}
+
+/// Detaches the audit triggers (idempotent).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn disable_audit(tbl: Option<Table>) -> SqlResult<()> {
+    let tbl = required(tbl, "tbl")?.oid();
+    let table = Spi::get_one_with_args::<String>(
+        "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+        &[tbl.into()],
+    )
+    .map_err(WardenError::from)?
+    .unwrap_or_default();
+    for name in ["warden_audit", "warden_audit_truncate"] {
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+            &[tbl.into(), name.into()],
+        )
+        .map_err(WardenError::from)?
+        .unwrap_or(false);
+        if exists {
+            Spi::run(&format!("DROP TRIGGER {name} ON {table}")).map_err(WardenError::from)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records an application event (token use, outbound call, export) under
+/// the acting context.
+#[pg_extern(volatile, parallel_unsafe)]
+fn log_event(
+    action: Option<&str>,
+    target: Option<&str>,
+    detail: default!(Option<JsonB>, "NULL"),
+) -> SqlResult<()> {
+    let action = required(action, "action")?;
+    audit::record(Entry {
+        action: action.to_string(),
+        target: target.map(str::to_string),
+        row_key: None,
+        old_values: None,
+        new_values: None,
+        detail: detail.map(|JsonB(v)| v),
+    })?;
+    Ok(())
+}
+
+/// One row per chain (NULL workspace: events outside any workspace):
+/// entries, whether the chain is intact, and the first entry that breaks it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn verify_audit() -> TableIterator<
+    'static,
+    (
+        name!(workspace_id, Option<Uuid>),
+        name!(entries, i64),
+        name!(intact, bool),
+        name!(first_broken_id, Option<i64>),
+    ),
+> {
+    // (pgrx generates no SQL for a Result around a TableIterator: raise.)
+    let reports = audit::verify().unwrap_or_else(|e| raise(e));
+    TableIterator::new(reports.into_iter().map(|r| {
+        (
+            r.workspace.map(Uuid::from_bytes),
+            r.entries,
+            r.first_broken_id.is_none(),
+            r.first_broken_id,
+        )
+    }))
+}
+
+/// Retention: deletes whole sealed transactions older than `before`, and
+/// leaves a purge seal in each chain so the rest still verifies. Returns the
+/// number of entries deleted.
+#[pg_extern(volatile, parallel_unsafe)]
+fn purge_audit(before: Option<TimestampWithTimeZone>) -> SqlResult<i64> {
+    let before = required(before, "before")?;
+    Ok(audit::purge(before)?)
+}
