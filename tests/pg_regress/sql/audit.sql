@@ -1,0 +1,144 @@
+-- The audit trail as an application and an administrator see it.
+INSERT INTO warden.memberships (workspace_id, user_id, role) VALUES
+    ('aaaaaaaa-0000-4000-8000-000000000000', '00000000-0000-4000-8000-0000000a11ce', 'admin'),
+    ('bbbbbbbb-0000-4000-8000-000000000000', '00000000-0000-4000-8000-00000000ca20', 'manager');
+CREATE ROLE regress_app IN ROLE warden_user;
+CREATE ROLE regress_admin IN ROLE warden_admin;
+CREATE ROLE regress_owner;
+GRANT CREATE ON SCHEMA public TO regress_owner;
+
+-- A table with a composite primary key and a secret column; one without a key.
+SET ROLE regress_owner;
+CREATE TABLE public.cards (
+    workspace_id uuid NOT NULL,
+    n int NOT NULL,
+    holder text,
+    number text,
+    token bytea,
+    PRIMARY KEY (workspace_id, n)
+);
+CREATE TABLE public.notes (workspace_id uuid, body text);
+SELECT warden.enable_audit('public.cards', '{number}');
+SELECT warden.enable_audit('public.cards', '{number}');   -- idempotent
+SELECT warden.enable_audit('public.notes');
+SELECT tgname, tgtype, pg_get_triggerdef(oid) LIKE '%audit_row(''pk=workspace_id'', ''pk=n'', ''redact=number'')%' AS args
+  FROM pg_trigger WHERE tgrelid = 'public.cards'::regclass ORDER BY 1;
+SELECT regress.error_of($$SELECT warden.enable_audit('public.cards', '{nope}')$$);
+SELECT regress.error_of($$SELECT warden.enable_audit(NULL)$$);
+GRANT ALL ON public.cards, public.notes TO regress_app;
+RESET ROLE;
+
+-- Writes in workspace A: every action, redacted and encrypted columns.
+SET ROLE regress_app;
+BEGIN;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
+INSERT INTO public.cards VALUES
+    ('aaaaaaaa-0000-4000-8000-000000000000', 1, 'Ada', '4242424242424242', warden.encrypt('tok_1')),
+    ('aaaaaaaa-0000-4000-8000-000000000000', 2, 'Bob', '5555555555554444', NULL);
+UPDATE public.cards SET holder = 'Ada L.', number = '4000056655665556' WHERE n = 1;
+UPDATE public.cards SET holder = holder WHERE n = 2;
+DELETE FROM public.cards WHERE n = 2;
+INSERT INTO public.notes VALUES ('aaaaaaaa-0000-4000-8000-000000000000', 'no key here');
+SELECT warden.log_event('export', 'cards', '{"format": "csv", "rows": 1}');
+COMMIT;
+-- A transaction that rolls back leaves nothing.
+BEGIN;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
+INSERT INTO public.notes VALUES ('aaaaaaaa-0000-4000-8000-000000000000', 'rolled back');
+ROLLBACK;
+-- Workspace B writes too.
+BEGIN;
+SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-00000000ca20') IS NOT NULL AS set;
+INSERT INTO public.notes VALUES ('bbbbbbbb-0000-4000-8000-000000000000', 'globex');
+COMMIT;
+RESET ROLE;
+-- A superuser without a context writes outside any workspace.
+TRUNCATE public.notes;
+
+-- The trail as workspace A's application sees it: its own entries only.
+SET ROLE regress_app;
+BEGIN;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
+SELECT txn_seq, actor, db_role, action, target, row_key, old_values, new_values, detail
+  FROM warden.audit_log ORDER BY id;
+-- The encrypted column is logged as ciphertext, never decrypted.
+SELECT (new_values->>'token') LIKE '\\x5744%' AS ciphertext_logged
+  FROM warden.audit_log WHERE action = 'INSERT' AND row_key->>'n' = '1';
+-- Append-only, and an application may not even try.
+SELECT regress.error_of('DELETE FROM warden.audit_log');
+SELECT regress.error_of('UPDATE warden.audit_log SET action = $$x$$');
+SELECT regress.error_of($$SELECT warden.verify_audit()$$);
+COMMIT;
+RESET ROLE;
+
+-- The administrator sees every chain; all intact.
+SET ROLE regress_admin;
+SELECT workspace_id, action, target FROM warden.audit_log ORDER BY id;
+SELECT * FROM warden.verify_audit();
+RESET ROLE;
+-- Not even a superuser edits or deletes through SQL.
+SELECT regress.error_of('DELETE FROM warden.audit_log');
+SELECT regress.error_of('UPDATE warden.audit_log SET detail = NULL');
+SELECT regress.error_of('TRUNCATE warden.audit_log');
+SELECT regress.error_of('DELETE FROM warden.audit_seals');
+
+-- Tampering around the guard (triggers off) is detected and located.
+SET session_replication_role = replica;
+UPDATE warden.audit_log SET detail = '{"format": "csv", "rows": 1000}' WHERE action = 'export';
+RESET session_replication_role;
+SELECT workspace_id, intact, first_broken_id = (SELECT id FROM warden.audit_log WHERE action = 'export') AS at_the_edit
+  FROM warden.verify_audit() ORDER BY 1;
+SET session_replication_role = replica;
+UPDATE warden.audit_log SET detail = '{"format": "csv", "rows": 1}' WHERE action = 'export';
+RESET session_replication_role;
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+-- A deleted entry breaks its transaction's seal: reported at the
+-- transaction's first entry.
+CREATE TEMP TABLE kept AS SELECT * FROM warden.audit_log WHERE action = 'UPDATE' AND row_key->>'n' = '2';
+SET session_replication_role = replica;
+DELETE FROM warden.audit_log WHERE id = (SELECT id FROM kept);
+RESET session_replication_role;
+SELECT workspace_id, intact,
+       first_broken_id = (SELECT min(id) FROM warden.audit_log
+                           WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000') AS at_its_transaction
+  FROM warden.verify_audit() ORDER BY 1;
+SET session_replication_role = replica;
+INSERT INTO warden.audit_log SELECT * FROM kept;
+RESET session_replication_role;
+-- An inserted entry (its MAC cannot be made without the key) is located.
+SET session_replication_role = replica;
+INSERT INTO warden.audit_log (at, txid, txn_seq, workspace_id, db_role, action, target, mac)
+VALUES (now(), 1, 1, 'bbbbbbbb-0000-4000-8000-000000000000', 'postgres', 'DELETE', 'public.notes', '\x00');
+RESET session_replication_role;
+SELECT workspace_id, intact, first_broken_id = (SELECT max(id) FROM warden.audit_log) AS at_the_insertion
+  FROM warden.verify_audit() ORDER BY 1;
+SET session_replication_role = replica;
+DELETE FROM warden.audit_log WHERE id = (SELECT max(id) FROM warden.audit_log);
+RESET session_replication_role;
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+
+-- Disabling audit detaches the triggers; no more entries.
+SET ROLE regress_owner;
+SELECT warden.disable_audit('public.cards');
+SELECT warden.disable_audit('public.cards');   -- idempotent
+SELECT count(*) AS audit_triggers FROM pg_trigger WHERE tgrelid = 'public.cards'::regclass;
+RESET ROLE;
+
+-- Purge: whole transactions older than the cut-off go, a mark stays, and
+-- the rest still verifies.
+SET ROLE regress_admin;
+SELECT warden.purge_audit(now() + interval '1 day') > 0 AS purged_some;
+SELECT count(*) AS entries_left FROM warden.audit_log;
+SELECT workspace_id, kind, detail->'purged_through_seq' AS through FROM warden.audit_seals ORDER BY 1, seq;
+SELECT * FROM warden.verify_audit();
+SELECT regress.error_of($$SELECT warden.purge_audit(NULL)$$);
+RESET ROLE;
+
+DROP TABLE public.cards, public.notes;
+DELETE FROM warden.memberships;
+REVOKE CREATE ON SCHEMA public FROM regress_owner;
+DROP ROLE regress_app, regress_admin, regress_owner;
