@@ -35,15 +35,33 @@ impl<T> std::ops::Deref for BackendLocal<T> {
 /// (sub)transaction, which restores the previous user, as for SECURITY
 /// DEFINER; a returned error restores it here.
 pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, WardenError> {
+    let _restore = ActAs::switch_to(extension_owner()?);
+    f()
+}
+
+/// The owner of pg_warden's tables, looked up once per transaction (it only
+/// changes with `ALTER ... OWNER`, which a transaction boundary covers).
+fn extension_owner() -> Result<pg_sys::Oid, WardenError> {
+    // SAFETY: reads the current transaction's start time.
+    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    if let Some((seen_in, owner)) = OWNER.get() {
+        if seen_in == xact {
+            return Ok(owner);
+        }
+    }
     let owner = select_one::<pg_sys::Oid>(
         "SELECT c.relowner FROM pg_catalog.pg_class AS c
           WHERE c.oid OPERATOR(pg_catalog.=) 'warden.memberships'::pg_catalog.regclass",
         &[],
     )?
     .ok_or_else(|| WardenError::Internal("warden.memberships has no owner".into()))?;
-    let _restore = ActAs::switch_to(owner);
-    f()
+    OWNER.set(Some((xact, owner)));
+    Ok(owner)
 }
+
+/// (transaction start, owner) of the last lookup.
+static OWNER: BackendLocal<std::cell::Cell<Option<(pg_sys::TimestampTz, pg_sys::Oid)>>> =
+    BackendLocal::new(std::cell::Cell::new(None));
 
 /// The user and security context to restore; restores them when dropped,
 /// so an unwinding error restores them too (transaction abort would as

@@ -219,30 +219,62 @@ pub fn record(entry: Entry) -> Result<(), WardenError> {
     let at =
         TimestampWithTimeZone::try_from(at).map_err(|e| WardenError::Internal(e.to_string()))?;
     as_extension_owner(|| {
-        Spi::run_with_args(
-            "INSERT INTO warden.audit_log (at, txid, txn_seq, workspace_id, actor, db_role, action,
-                                           target, row_key, old_values, new_values, detail, mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::pg_catalog.jsonb, $10::pg_catalog.jsonb,
-                     $11::pg_catalog.jsonb, $12::pg_catalog.jsonb, $13)",
-            &[
-                at.into(),
-                txid.into(),
-                txn_seq.into(),
-                workspace.map(Uuid::from_bytes).into(),
-                actor.map(Uuid::from_bytes).into(),
-                db_role.as_str().into(),
-                entry.action.as_str().into(),
-                entry.target.as_deref().into(),
-                row_key.as_deref().into(),
-                old_values.as_deref().into(),
-                new_values.as_deref().into(),
-                detail.as_deref().into(),
-                mac.to_vec().into(),
-            ],
-        )?;
-        Ok(())
+        Spi::connect_mut(|client| {
+            let mut plan = INSERT_PLAN.borrow_mut();
+            if plan.is_none() {
+                use pgrx::PgBuiltInOids as T;
+                let types = [
+                    T::TIMESTAMPTZOID,
+                    T::INT8OID,
+                    T::INT4OID,
+                    T::UUIDOID,
+                    T::UUIDOID,
+                    T::TEXTOID,
+                    T::TEXTOID,
+                    T::TEXTOID,
+                    T::TEXTOID,
+                    T::TEXTOID,
+                    T::TEXTOID,
+                    T::TEXTOID,
+                    T::BYTEAOID,
+                ]
+                .map(pgrx::PgOid::BuiltIn);
+                *plan = Some(client.prepare_mut(INSERT_ENTRY, &types)?.keep());
+            }
+            client.update(
+                plan.as_ref().unwrap(),
+                None,
+                &[
+                    at.into(),
+                    txid.into(),
+                    txn_seq.into(),
+                    workspace.map(Uuid::from_bytes).into(),
+                    actor.map(Uuid::from_bytes).into(),
+                    db_role.as_str().into(),
+                    entry.action.as_str().into(),
+                    entry.target.as_deref().into(),
+                    row_key.as_deref().into(),
+                    old_values.as_deref().into(),
+                    new_values.as_deref().into(),
+                    detail.as_deref().into(),
+                    mac.to_vec().into(),
+                ],
+            )?;
+            Ok(())
+        })
     })
 }
+
+const INSERT_ENTRY: &str =
+    "INSERT INTO warden.audit_log (at, txid, txn_seq, workspace_id, actor, db_role,
+                                action, target, row_key, old_values, new_values, detail, mac)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::pg_catalog.jsonb, $10::pg_catalog.jsonb,
+             $11::pg_catalog.jsonb, $12::pg_catalog.jsonb, $13)";
+
+/// The entry INSERT, planned once per backend (the plan cache replans it
+/// if the table changes).
+static INSERT_PLAN: BackendLocal<RefCell<Option<pgrx::spi::OwnedPreparedStatement>>> =
+    BackendLocal::new(RefCell::new(None));
 
 /// An advisory lock key for a workspace's chain.
 fn chain_lock_key(workspace: Option<[u8; 16]>) -> i64 {

@@ -14,6 +14,7 @@ use crate::crypto::{derive_audit_key, derive_seal_key, master_key_id, Key32};
 use crate::error::WardenError;
 use crate::gucs;
 use pgrx::guc::GucSetting;
+use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::io::Read;
@@ -60,6 +61,8 @@ enum Source {
 struct Loaded {
     source: Source,
     keys: Rc<MasterKeys>,
+    /// Start of the statement that last checked `source`.
+    checked_at: pg_sys::TimestampTz,
 }
 
 static CURRENT: BackendLocal<RefCell<Option<Loaded>>> = BackendLocal::new(RefCell::new(None));
@@ -93,20 +96,29 @@ pub fn previous() -> Result<Option<MasterKeys>, WardenError> {
 
 /// The keys derived from the current master key, loading it if needed.
 pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
-    let source = locate(&CURRENT_SETTINGS)?;
-    let cached = CURRENT
+    // A reload takes effect between statements: check the source once per
+    // statement, not per row.
+    // SAFETY: reads the statement's start time.
+    let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let this_statement = CURRENT
         .borrow()
         .as_ref()
-        .filter(|l| l.source == source)
+        .filter(|l| l.checked_at == statement)
         .map(|l| l.keys.clone());
-    if let Some(keys) = cached {
+    if let Some(keys) = this_statement {
         return Ok(keys);
     }
-    let master = read(&source)?;
-    let keys = Rc::new(MasterKeys::derive(master));
-    *CURRENT.borrow_mut() = Some(Loaded {
+    let source = locate(&CURRENT_SETTINGS)?;
+    let mut current = CURRENT.borrow_mut();
+    if let Some(loaded) = current.as_mut().filter(|l| l.source == source) {
+        loaded.checked_at = statement;
+        return Ok(loaded.keys.clone());
+    }
+    let keys = Rc::new(MasterKeys::derive(read(&source)?));
+    *current = Some(Loaded {
         source,
         keys: Rc::clone(&keys),
+        checked_at: statement,
     });
     Ok(keys)
 }
