@@ -21,7 +21,6 @@ CREATE TABLE warden.audit_log (
     detail       jsonb,
     mac          bytea NOT NULL
 );
-CREATE INDEX audit_log_txid ON warden.audit_log (txid);
 CREATE INDEX audit_log_workspace ON warden.audit_log (workspace_id, id);
 COMMENT ON TABLE warden.audit_log IS
     'pg_warden audit trail: append-only, tamper-evident (warden.verify_audit)';

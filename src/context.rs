@@ -472,16 +472,18 @@ pub fn init() {
     }
 }
 
-/// A rolled-back savepoint may have cached keys it created.
+/// A rolled-back savepoint may have cached keys it created, and took its
+/// audit entries with it.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn end_of_subtransaction(
     event: pg_sys::SubXactEvent::Type,
-    _my: pg_sys::SubTransactionId,
+    my: pg_sys::SubTransactionId,
     _parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         crate::keys::workspace::forget_all();
+        crate::audit::forget_subtransaction(my);
     }
 }
 

@@ -43,12 +43,45 @@ pub struct Entry {
     pub detail: Option<serde_json::Value>,
 }
 
-/// What this transaction has written to the trail so far.
+/// An entry with every stored column computed, MAC included.
+struct Ready {
+    at: i64,
+    txn_seq: i32,
+    workspace: Option<[u8; 16]>,
+    actor: Option<[u8; 16]>,
+    db_role: String,
+    action: String,
+    target: Option<String>,
+    row_key: Option<String>,
+    old_values: Option<String>,
+    new_values: Option<String>,
+    detail: Option<String>,
+    mac: [u8; MAC_LEN],
+    /// The subtransaction that made it: gone if that one rolls back.
+    subxact: pg_sys::SubTransactionId,
+}
+
+/// A written entry, as its seal needs it.
+struct Written {
+    workspace: Option<[u8; 16]>,
+    txn_seq: i32,
+    mac: [u8; MAC_LEN],
+    subxact: pg_sys::SubTransactionId,
+}
+
+/// What this transaction has recorded: entries not yet written (row
+/// triggers buffer them; the statement's end writes them in one INSERT),
+/// and entries written, to seal at commit.
 struct Pending {
     txid: i64,
     next_seq: i32,
-    workspaces: BTreeSet<Option<[u8; 16]>>,
+    unwritten: Vec<Ready>,
+    written: Vec<Written>,
 }
+
+/// Entries buffered before a write is forced (bounds memory in huge
+/// statements).
+const MAX_BUFFERED: usize = 10_000;
 
 static PENDING: BackendLocal<RefCell<Option<Pending>>> = BackendLocal::new(RefCell::new(None));
 
@@ -170,108 +203,193 @@ fn current_role_name() -> String {
     }
 }
 
-/// Writes one entry (as the trail's owner), MAC'ed, and remembers its
-/// workspace for the seal at commit.
+/// Records one entry: computed and MAC'ed now, written at the end of the
+/// statement ([`flush`]) or when the buffer is full.
 pub fn record(entry: Entry) -> Result<(), WardenError> {
     let keys = master::current()?;
     let (workspace, actor) =
         context::with_current(|c| c.map(|c| (c.workspace_id, c.user_id)))?.unzip();
-    // SAFETY: assigns (or returns) this transaction's id; statement start.
-    let txid = unsafe { pg_sys::GetTopFullTransactionId() }.value as i64;
-    let at = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
-    let txn_seq = {
+    // SAFETY: assign (or return) this transaction's id; read the statement
+    // start and the current subtransaction.
+    let (txid, at, subxact) = unsafe {
+        (
+            pg_sys::GetTopFullTransactionId().value as i64,
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            pg_sys::GetCurrentSubTransactionId(),
+        )
+    };
+    let db_role = current_role_name();
+    let json = |v: &Option<serde_json::Value>| v.as_ref().map(canonical);
+    let full = {
         let mut pending = PENDING.borrow_mut();
         let p = match &mut *pending {
             Some(p) if p.txid == txid => p,
             slot => slot.insert(Pending {
                 txid,
                 next_seq: 0,
-                workspaces: BTreeSet::new(),
+                unwritten: Vec::new(),
+                written: Vec::new(),
             }),
         };
         p.next_seq += 1;
-        p.workspaces.insert(workspace);
-        p.next_seq
+        let mut ready = Ready {
+            at,
+            txn_seq: p.next_seq,
+            workspace,
+            actor,
+            db_role,
+            action: entry.action,
+            target: entry.target,
+            row_key: json(&entry.row_key),
+            old_values: json(&entry.old_values),
+            new_values: json(&entry.new_values),
+            detail: json(&entry.detail),
+            mac: [0; MAC_LEN],
+            subxact,
+        };
+        ready.mac = MacFields {
+            at,
+            txid,
+            txn_seq: ready.txn_seq,
+            workspace,
+            actor,
+            db_role: &ready.db_role,
+            action: &ready.action,
+            target: ready.target.as_deref(),
+            row_key: ready.row_key.as_deref(),
+            old_values: ready.old_values.as_deref(),
+            new_values: ready.new_values.as_deref(),
+            detail: ready.detail.as_deref(),
+        }
+        .mac(&keys.audit);
+        p.unwritten.push(ready);
+        p.unwritten.len() >= MAX_BUFFERED
     };
-    let db_role = current_role_name();
-    let json = |v: &Option<serde_json::Value>| v.as_ref().map(canonical);
-    let (row_key, old_values, new_values, detail) = (
-        json(&entry.row_key),
-        json(&entry.old_values),
-        json(&entry.new_values),
-        json(&entry.detail),
-    );
-    let mac = MacFields {
-        at,
-        txid,
-        txn_seq,
-        workspace,
-        actor,
-        db_role: &db_role,
-        action: &entry.action,
-        target: entry.target.as_deref(),
-        row_key: row_key.as_deref(),
-        old_values: old_values.as_deref(),
-        new_values: new_values.as_deref(),
-        detail: detail.as_deref(),
+    if full {
+        flush()?;
     }
-    .mac(&keys.audit);
-    let at =
-        TimestampWithTimeZone::try_from(at).map_err(|e| WardenError::Internal(e.to_string()))?;
+    Ok(())
+}
+
+/// Writes the buffered entries (as the trail's owner) in one INSERT.
+pub fn flush() -> Result<(), WardenError> {
+    let (txid, batch) = match &mut *PENDING.borrow_mut() {
+        Some(p) if !p.unwritten.is_empty() => (p.txid, std::mem::take(&mut p.unwritten)),
+        _ => return Ok(()),
+    };
+    let mut columns = Columns::default();
+    for e in &batch {
+        columns.at.push(
+            TimestampWithTimeZone::try_from(e.at)
+                .map_err(|e| WardenError::Internal(e.to_string()))?,
+        );
+        columns.txn_seq.push(e.txn_seq);
+        columns.workspace.push(e.workspace.map(Uuid::from_bytes));
+        columns.actor.push(e.actor.map(Uuid::from_bytes));
+        columns.db_role.push(Some(e.db_role.clone()));
+        columns.action.push(Some(e.action.clone()));
+        columns.target.push(e.target.clone());
+        columns.row_key.push(e.row_key.clone());
+        columns.old_values.push(e.old_values.clone());
+        columns.new_values.push(e.new_values.clone());
+        columns.detail.push(e.detail.clone());
+        columns.mac.push(e.mac.to_vec());
+    }
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             let mut plan = INSERT_PLAN.borrow_mut();
             if plan.is_none() {
                 use pgrx::PgBuiltInOids as T;
                 let types = [
-                    T::TIMESTAMPTZOID,
                     T::INT8OID,
-                    T::INT4OID,
-                    T::UUIDOID,
-                    T::UUIDOID,
-                    T::TEXTOID,
-                    T::TEXTOID,
-                    T::TEXTOID,
-                    T::TEXTOID,
-                    T::TEXTOID,
-                    T::TEXTOID,
-                    T::TEXTOID,
-                    T::BYTEAOID,
+                    T::TIMESTAMPTZARRAYOID,
+                    T::INT4ARRAYOID,
+                    T::UUIDARRAYOID,
+                    T::UUIDARRAYOID,
+                    T::TEXTARRAYOID,
+                    T::TEXTARRAYOID,
+                    T::TEXTARRAYOID,
+                    T::TEXTARRAYOID,
+                    T::TEXTARRAYOID,
+                    T::TEXTARRAYOID,
+                    T::TEXTARRAYOID,
+                    T::BYTEAARRAYOID,
                 ]
                 .map(pgrx::PgOid::BuiltIn);
-                *plan = Some(client.prepare_mut(INSERT_ENTRY, &types)?.keep());
+                *plan = Some(client.prepare_mut(INSERT_ENTRIES, &types)?.keep());
             }
+            let c = columns;
             client.update(
                 plan.as_ref().unwrap(),
                 None,
                 &[
-                    at.into(),
                     txid.into(),
-                    txn_seq.into(),
-                    workspace.map(Uuid::from_bytes).into(),
-                    actor.map(Uuid::from_bytes).into(),
-                    db_role.as_str().into(),
-                    entry.action.as_str().into(),
-                    entry.target.as_deref().into(),
-                    row_key.as_deref().into(),
-                    old_values.as_deref().into(),
-                    new_values.as_deref().into(),
-                    detail.as_deref().into(),
-                    mac.to_vec().into(),
+                    c.at.into(),
+                    c.txn_seq.into(),
+                    c.workspace.into(),
+                    c.actor.into(),
+                    c.db_role.into(),
+                    c.action.into(),
+                    c.target.into(),
+                    c.row_key.into(),
+                    c.old_values.into(),
+                    c.new_values.into(),
+                    c.detail.into(),
+                    c.mac.into(),
                 ],
             )?;
-            Ok(())
+            Ok::<_, WardenError>(())
         })
-    })
+    })?;
+    if let Some(p) = &mut *PENDING.borrow_mut() {
+        p.written.extend(batch.into_iter().map(|e| Written {
+            workspace: e.workspace,
+            txn_seq: e.txn_seq,
+            mac: e.mac,
+            subxact: e.subxact,
+        }));
+    }
+    Ok(())
 }
 
-const INSERT_ENTRY: &str =
-    "INSERT INTO warden.audit_log (at, txid, txn_seq, workspace_id, actor, db_role,
-                                action, target, row_key, old_values, new_values, detail, mac)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::pg_catalog.jsonb, $10::pg_catalog.jsonb,
-             $11::pg_catalog.jsonb, $12::pg_catalog.jsonb, $13)";
+/// The buffered entries as column arrays, for one INSERT ... unnest.
+#[derive(Default)]
+struct Columns {
+    at: Vec<TimestampWithTimeZone>,
+    txn_seq: Vec<i32>,
+    workspace: Vec<Option<Uuid>>,
+    actor: Vec<Option<Uuid>>,
+    db_role: Vec<Option<String>>,
+    action: Vec<Option<String>>,
+    target: Vec<Option<String>>,
+    row_key: Vec<Option<String>>,
+    old_values: Vec<Option<String>>,
+    new_values: Vec<Option<String>>,
+    detail: Vec<Option<String>>,
+    mac: Vec<Vec<u8>>,
+}
 
-/// The entry INSERT, planned once per backend (the plan cache replans it
+/// A subtransaction rolled back: so did what it recorded.
+pub fn forget_subtransaction(subxact: pg_sys::SubTransactionId) {
+    if let Some(p) = &mut *PENDING.borrow_mut() {
+        p.unwritten.retain(|e| e.subxact < subxact);
+        p.written.retain(|e| e.subxact < subxact);
+    }
+}
+
+const INSERT_ENTRIES: &str = "INSERT INTO warden.audit_log (txid, at, txn_seq, workspace_id, actor,
+                                db_role, action, target, row_key, old_values, new_values, detail, mac)
+     SELECT $1, u.at, u.txn_seq, u.workspace_id, u.actor, u.db_role, u.action, u.target,
+            u.row_key::pg_catalog.jsonb, u.old_values::pg_catalog.jsonb,
+            u.new_values::pg_catalog.jsonb, u.detail::pg_catalog.jsonb, u.mac
+       FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),
+                      pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7),
+                      pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10),
+                      pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13))
+            AS u(at, txn_seq, workspace_id, actor, db_role, action, target, row_key, old_values,
+                 new_values, detail, mac)";
+
+/// The entries INSERT, planned once per backend (the plan cache replans it
 /// if the table changes).
 static INSERT_PLAN: BackendLocal<RefCell<Option<pgrx::spi::OwnedPreparedStatement>>> =
     BackendLocal::new(RefCell::new(None));
@@ -285,46 +403,39 @@ fn chain_lock_key(workspace: Option<[u8; 16]>) -> i64 {
 
 const NIL: &str = "'00000000-0000-0000-0000-000000000000'::pg_catalog.uuid";
 
-/// Just before commit: seals this transaction's entries, per workspace.
+/// Just before commit: writes what is still buffered, then seals this
+/// transaction's entries, per workspace.
 pub fn seal_transaction() -> Result<(), WardenError> {
-    let Some(pending) = PENDING.borrow_mut().take() else {
+    if PENDING.borrow().is_none() {
         return Ok(());
-    };
-    let keys = master::current()?;
+    }
     // Commit-time callbacks run without an active snapshot; queries need one.
     // SAFETY: pushed and popped around our queries; an error aborts the
     // transaction, which clears the snapshot stack.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    let sealed = seal_workspaces(&keys.audit, pending);
+    let sealed = flush().and_then(|()| seal_workspaces());
     unsafe { pg_sys::PopActiveSnapshot() };
     sealed
 }
 
-fn seal_workspaces(key: &crate::crypto::Key32, pending: Pending) -> Result<(), WardenError> {
-    for workspace in pending.workspaces {
-        let ws = workspace.map(Uuid::from_bytes);
+fn seal_workspaces() -> Result<(), WardenError> {
+    let Some(pending) = PENDING.borrow_mut().take() else {
+        return Ok(());
+    };
+    let keys = master::current()?;
+    let mut written = pending.written;
+    written.sort_by_key(|w| (w.workspace, w.txn_seq));
+    for chunk in written.chunk_by(|a, b| a.workspace == b.workspace) {
+        let macs: Vec<Vec<u8>> = chunk.iter().map(|w| w.mac.to_vec()).collect();
         as_extension_owner(|| {
-            // Entries that survived savepoint rollbacks, in order.
-            let macs: Vec<Vec<u8>> = Spi::connect(|client| {
-                let mut out = Vec::new();
-                for row in client.select(
-                    &format!(
-                        "SELECT mac FROM warden.audit_log
-                          WHERE txid OPERATOR(pg_catalog.=) $1
-                            AND COALESCE(workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($2, {NIL})
-                          ORDER BY txn_seq"
-                    ),
-                    None,
-                    &[pending.txid.into(), ws.into()],
-                )? {
-                    out.push(row.get::<Vec<u8>>(1)?.unwrap_or_default());
-                }
-                Ok::<_, WardenError>(out)
-            })?;
-            if macs.is_empty() {
-                return Ok(());
-            }
-            append_seal(key, workspace, pending.txid, "transaction", None, &macs)
+            append_seal(
+                &keys.audit,
+                chunk[0].workspace,
+                pending.txid,
+                "transaction",
+                None,
+                &macs,
+            )
         })?;
     }
     Ok(())
