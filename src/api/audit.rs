@@ -151,6 +151,7 @@ fn audit_row<'a>(
     let to_value =
         |m: Option<Map<String, Value>>| m.map(|m| Value::Object(redacted(m, &cols.redact)));
     let entry = Entry {
+        workspace: None,
         action: action.into(),
         target: Some(target),
         row_key,
@@ -184,6 +185,7 @@ fn audit_truncate<'a>(
         .table_name()
         .map_err(|e| WardenError::Internal(e.to_string()))?;
     let entry = Entry {
+        workspace: None,
         action: "TRUNCATE".into(),
         target: Some(format!("{schema}.{name}")),
         row_key: None,
@@ -307,6 +309,7 @@ fn log_event(
 ) -> SqlResult<()> {
     let action = required(action, "action")?;
     audit::record(Entry {
+        workspace: None,
         action: action.to_string(),
         target: target.map(str::to_string),
         row_key: None,

@@ -3,11 +3,13 @@
 //! The key table is read and written as the extension's owner inside; the
 //! grants decide who may call these.
 
+use crate::audit;
 use crate::backend::as_extension_owner;
 use crate::error::{raise, required, SqlResult, WardenError};
 use crate::keys::{master, workspace};
 use pgrx::prelude::*;
 use pgrx::Uuid;
+use serde_json::json;
 
 /// A new data key version for the workspace; returns it. Nothing is
 /// re-encrypted: older versions keep decrypting, `warden.reencrypt()` moves
@@ -15,7 +17,13 @@ use pgrx::Uuid;
 #[pg_extern(volatile, parallel_unsafe)]
 fn rotate_workspace_key(workspace_id: Option<Uuid>) -> SqlResult<i32> {
     let ws = required(workspace_id, "workspace_id")?;
-    Ok(workspace::rotate(ws.as_bytes())? as i32)
+    let version = workspace::rotate(ws.as_bytes())?;
+    audit::key_event(
+        "key.rotate",
+        Some(*ws.as_bytes()),
+        json!({ "version": version }),
+    )?;
+    Ok(version as i32)
 }
 
 /// Destroys every key of the workspace, irreversibly: its ciphertexts can
@@ -23,7 +31,9 @@ fn rotate_workspace_key(workspace_id: Option<Uuid>) -> SqlResult<i32> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn shred_workspace(workspace_id: Option<Uuid>) -> SqlResult<()> {
     let ws = required(workspace_id, "workspace_id")?;
-    Ok(workspace::shred(ws.as_bytes())?)
+    workspace::shred(ws.as_bytes())?;
+    audit::key_event("key.shred", Some(*ws.as_bytes()), json!({}))?;
+    Ok(())
 }
 
 /// After a master key rotation (new key in `warden.master_key_file`, the
@@ -32,7 +42,14 @@ fn shred_workspace(workspace_id: Option<Uuid>) -> SqlResult<()> {
 /// the number of keys re-wrapped.
 #[pg_extern(volatile, parallel_unsafe)]
 fn rewrap_keys() -> SqlResult<i64> {
-    Ok(workspace::rewrap_all()?)
+    let count = workspace::rewrap_all()?;
+    let master_key_id = master::current()?.id.clone();
+    audit::key_event(
+        "key.rewrap",
+        None,
+        json!({ "keys": count, "master_key_id": master_key_id }),
+    )?;
+    Ok(count)
 }
 
 /// The workspace's keys: kind, version, state (`current`, `previous`,

@@ -35,6 +35,9 @@ const SEAL_LABEL: &[u8] = b"pg_warden/v1/audit-seal";
 
 /// One event, before it is written.
 pub struct Entry {
+    /// The chain it belongs to: `None` for the acting context's workspace;
+    /// `Some` for an operation on a given workspace (key management).
+    pub workspace: Option<Option<[u8; 16]>>,
     pub action: String,
     pub target: Option<String>,
     pub row_key: Option<serde_json::Value>,
@@ -207,8 +210,9 @@ fn current_role_name() -> String {
 /// statement ([`flush`]) or when the buffer is full.
 pub fn record(entry: Entry) -> Result<(), WardenError> {
     let keys = master::current()?;
-    let (workspace, actor) =
+    let (acting, actor) =
         context::with_current(|c| c.map(|c| (c.workspace_id, c.user_id)))?.unzip();
+    let workspace = entry.workspace.unwrap_or(acting);
     // SAFETY: assign (or return) this transaction's id; read the statement
     // start and the current subtransaction.
     let (txid, at, subxact) = unsafe {
@@ -269,6 +273,24 @@ pub fn record(entry: Entry) -> Result<(), WardenError> {
         flush()?;
     }
     Ok(())
+}
+
+/// Records a key-management event in the workspace's chain (or, for
+/// cluster-wide operations, outside any workspace).
+pub fn key_event(
+    action: &str,
+    workspace: Option<[u8; 16]>,
+    detail: serde_json::Value,
+) -> Result<(), WardenError> {
+    record(Entry {
+        workspace: Some(workspace),
+        action: action.to_string(),
+        target: Some("warden.workspace_keys".into()),
+        row_key: None,
+        old_values: None,
+        new_values: None,
+        detail: Some(detail),
+    })
 }
 
 /// Writes the buffered entries (as the trail's owner) in one INSERT.
@@ -766,35 +788,28 @@ pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
                     &[ws.into(), through.into()],
                 )?
                 .unwrap_or_default();
-                let n = Spi::connect_mut(|client| {
-                    let rows = client.update(
-                        &format!(
-                            "DELETE FROM warden.audit_log AS e USING warden.audit_seals AS s
-                              WHERE COALESCE(s.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                                AND COALESCE(e.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                                AND s.seq OPERATOR(pg_catalog.<=) $2 AND e.txid OPERATOR(pg_catalog.=) s.txid
-                              RETURNING e.id"
-                        ),
-                        None,
-                        &[ws.into(), through.into()],
-                    )?;
-                    Ok::<_, WardenError>(rows.len() as i64)
-                })?;
-                Spi::run_with_args(
+                let doomed = format!(
+                    "FROM warden.audit_seals AS s
+                      WHERE COALESCE(s.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
+                        AND COALESCE(e.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
+                        AND s.seq OPERATOR(pg_catalog.<=) $2 AND e.txid OPERATOR(pg_catalog.=) s.txid"
+                );
+                let n = select_one::<i64>(
                     &format!(
-                        "DELETE FROM warden.audit_seals
-                          WHERE COALESCE(workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                            AND seq OPERATOR(pg_catalog.<=) $2"
+                        "SELECT count(*) FROM warden.audit_log AS e WHERE EXISTS (SELECT {doomed})"
                     ),
                     &[ws.into(), through.into()],
-                )?;
+                )?
+                .unwrap_or(0);
+                // The mark goes on the chain first (after its newest seal),
+                // then what it covers goes.
                 let detail = serde_json::json!({
                     "before": before.to_string(),
                     "purged_through_seq": through,
                     "anchor_mac": hex::encode(&anchor),
                     "entries": n,
                 });
-                // SAFETY: this transaction's id (assigned by the deletes).
+                // SAFETY: this transaction's id (assigned by the lock above).
                 let txid = unsafe { pg_sys::GetTopFullTransactionId() }.value as i64;
                 append_seal(
                     &keys.audit,
@@ -803,6 +818,21 @@ pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
                     "purge",
                     Some(&canonical(&detail)),
                     &[],
+                )?;
+                Spi::run_with_args(
+                    &format!(
+                        "DELETE FROM warden.audit_log AS e USING {}",
+                        &doomed["FROM ".len()..]
+                    ),
+                    &[ws.into(), through.into()],
+                )?;
+                Spi::run_with_args(
+                    &format!(
+                        "DELETE FROM warden.audit_seals
+                          WHERE COALESCE(workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
+                            AND seq OPERATOR(pg_catalog.<=) $2"
+                    ),
+                    &[ws.into(), through.into()],
                 )?;
                 deleted += n;
             }

@@ -327,7 +327,9 @@ fn create_first_keys(ws: &[u8; 16]) -> Result<(), WardenError> {
         return Err(WardenError::Shredded(Uuid::from_bytes(*ws).to_string()));
     }
     let master = master::current()?;
-    insert(ws, KeyKind::Data, 1, &master)?;
+    if insert(ws, KeyKind::Data, 1, &master)? {
+        crate::audit::key_event("key.create", Some(*ws), serde_json::json!({"version": 1}))?;
+    }
     insert(ws, KeyKind::Index, 1, &master)?;
     Ok(())
 }
