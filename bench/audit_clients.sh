@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Single-row INSERT transactions from 8 clients (pgbench), audited vs the
+# same table unaudited, alternately, 3 rounds of 10 s; prints the median
+# throughput ratio. Run by bench/run with PGHOST, PGPORT, PGUSER and DB set.
+set -euo pipefail
+psql=(psql -X -q -v ON_ERROR_STOP=1 -d "$DB")
+"${psql[@]}" <<'SQL'
+CREATE TABLE plain_rows (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, workspace_id uuid, title text, amount int);
+CREATE TABLE audited_rows (LIKE plain_rows INCLUDING ALL);
+SELECT warden.enable_audit('audited_rows') \gset
+SQL
+dir=$(mktemp -d)
+for t in plain_rows audited_rows; do
+    cat > "$dir/$t.sql" <<SQL
+\set amount random(1, 1000)
+BEGIN;
+INSERT INTO $t (workspace_id, title, amount) VALUES ('00000000-0000-4000-8000-000000000099', md5(:amount::text), :amount);
+COMMIT;
+SQL
+done
+tps() { pgbench -n -c 8 -j 2 -T 10 -f "$dir/$1.sql" "$DB" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
+plain=(); audited=()
+for _ in 1 2 3; do
+    plain+=("$(tps plain_rows)")
+    audited+=("$(tps audited_rows)")
+done
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+p=$(median "${plain[@]}"); a=$(median "${audited[@]}")
+printf '%-62s%7.2fx  (ours %s tps, baseline %s tps, median of 3, 8 clients)  goal >= 0.80x\n' \
+    "single-row INSERT transactions: audited vs unaudited tps:" "$(echo "$a / $p" | bc -l)" "$a" "$p"
+rm -rf "$dir"
