@@ -25,24 +25,35 @@ CREATE INDEX audit_log_workspace ON warden.audit_log (workspace_id, id);
 COMMENT ON TABLE warden.audit_log IS
     'pg_warden audit trail: append-only, tamper-evident (warden.verify_audit)';
 
--- One seal per (committed transaction, workspace) that wrote entries,
--- chained per workspace (NULL workspace: its own chain): a seal MACs its
--- transaction's entry MACs and the previous seal's MAC, so a deleted entry,
--- or a deleted transaction, breaks the chain.
+-- One seal per (committed transaction, workspace) that wrote entries: the
+-- MAC of its entries' MACs, in order (written without locks at commit).
 CREATE TABLE warden.audit_seals (
     workspace_id uuid,
-    seq          bigint NOT NULL,
     txid         bigint NOT NULL,
     entries      integer NOT NULL,
-    kind         text NOT NULL DEFAULT 'transaction' CHECK (kind IN ('transaction', 'purge')),
-    detail       jsonb,
+    mac          bytea NOT NULL
+);
+-- The all-zero uuid stands for "no workspace" in chain keys.
+CREATE UNIQUE INDEX audit_seals_txid ON warden.audit_seals
+    ((COALESCE(workspace_id, '00000000-0000-0000-0000-000000000000'::uuid)), txid);
+COMMENT ON TABLE warden.audit_seals IS 'pg_warden audit trail: one seal per transaction and workspace';
+
+-- The chains: a block covers every seal of its workspace with a transaction
+-- id in [from_txid, to_txid), and the previous block's MAC. A purge leaves a
+-- mark block (purge IS NOT NULL) saying where the chain now starts.
+CREATE TABLE warden.audit_blocks (
+    workspace_id uuid,
+    seq          bigint NOT NULL,
+    from_txid    bigint NOT NULL,
+    to_txid      bigint NOT NULL,
+    seals        integer NOT NULL,
+    purge        jsonb,
     prev_mac     bytea,
     mac          bytea NOT NULL
 );
--- The all-zero uuid stands for "no workspace" in the chain key.
-CREATE UNIQUE INDEX audit_seals_chain ON warden.audit_seals
+CREATE UNIQUE INDEX audit_blocks_chain ON warden.audit_blocks
     ((COALESCE(workspace_id, '00000000-0000-0000-0000-000000000000'::uuid)), seq);
-COMMENT ON TABLE warden.audit_seals IS 'pg_warden audit trail: per-workspace chain of transaction seals';
+COMMENT ON TABLE warden.audit_blocks IS 'pg_warden audit trail: per-workspace chains of seals';
 
 -- Append-only, for every role including the owner and superusers: only
 -- warden.purge_audit() deletes (and leaves a mark in the chain).
@@ -53,6 +64,10 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON warden.audit_log
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON warden.audit_seals
     FOR EACH ROW EXECUTE FUNCTION warden.audit_append_only();
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON warden.audit_seals
+    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_append_only();
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON warden.audit_blocks
+    FOR EACH ROW EXECUTE FUNCTION warden.audit_append_only();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON warden.audit_blocks
     FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_append_only();
 
 -- The tenant view: a warden_user reads its acting workspace's entries; a
@@ -65,3 +80,4 @@ CREATE POLICY everything ON warden.audit_log FOR SELECT TO warden_admin USING (t
 SELECT pg_catalog.pg_extension_config_dump('warden.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('warden.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('warden.audit_seals', '');
+SELECT pg_catalog.pg_extension_config_dump('warden.audit_blocks', '');

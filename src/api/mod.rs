@@ -90,8 +90,10 @@ mod tests {
         assert_eq!(
             dumped.as_deref(),
             Some(
-                "warden.audit_log,warden.audit_log_id_seq,warden.audit_seals,warden.memberships,\
-                 warden.role_permissions,warden.roles,warden.shredded_workspaces,warden.workspace_keys"
+                "warden.audit_blocks,warden.audit_log,warden.audit_log_id_seq,warden.audit_seals,\
+                 warden.memberships,\
+                 warden.role_permissions,warden.roles,warden.shredded_workspaces,\
+                 warden.workspace_keys"
             )
         );
     }

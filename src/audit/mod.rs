@@ -1,20 +1,27 @@
-//! The audit trail: recording entries, sealing them per transaction into a
-//! per-workspace chain, and verifying the chain.
+//! The audit trail: recording entries, sealing them per transaction,
+//! chaining the seals per workspace, and verifying the chains.
 //!
-//! Tamper evidence:
-//! - every entry carries `mac` = HMAC(audit key, every column but `id`),
-//!   with JSON values in a canonical form (keys sorted, compact), so an
-//!   edited or an inserted entry does not verify;
-//! - at commit, each transaction that wrote entries seals them, per
-//!   workspace: a seal MACs the transaction's entry MACs (in order), their
-//!   count, and the previous seal of that workspace's chain. A deleted entry
-//!   breaks its transaction's seal; a deleted transaction (entries and seal)
-//!   breaks the next seal's link.
+//! Tamper evidence, in three layers, all HMAC-SHA256 under a key derived
+//! from the master key:
+//! - every entry carries `mac` over every column but `id` (JSON values in a
+//!   canonical form: keys sorted, compact), so an edited or an inserted
+//!   entry does not verify;
+//! - at commit, each transaction that wrote entries writes one seal per
+//!   workspace: the MAC of its entry MACs, in order, and their count. A
+//!   deleted entry breaks its transaction's seal;
+//! - seals are chained per workspace in blocks: a block covers every seal
+//!   whose transaction id lies in `[from_txid, to_txid)` and MACs them with
+//!   the previous block's MAC. `to_txid` is a snapshot's xmin, below which
+//!   every transaction has finished, so no seal can appear in a chained
+//!   range later. A deleted transaction (entries and seal) breaks its block.
 //!
-//! Writers are not serialized for their transactions: entries are written
-//! without locks; only the seal, written just before commit, takes a
-//! per-workspace transaction-level advisory lock, so commits in one
-//! workspace queue only for their last step.
+//! Writers never wait for each other: entries and seals are written without
+//! locks. Chaining takes the chain's advisory lock with a *try*-lock at
+//! commit (whoever gets it chains what has settled; the others go on), and
+//! for certain in `verify_audit()` and `purge_audit()`. So every committed
+//! entry ends up covered by a block; until then (the time between two
+//! commits in the workspace), a deletion of a whole transaction would go
+//! unnoticed.
 //!
 //! The audit key derives from the master key (HKDF), so an audited write
 //! needs the master key, and a cluster restored with the same master key
@@ -22,7 +29,7 @@
 
 use crate::backend::{as_extension_owner, select_one, BackendLocal};
 use crate::context;
-use crate::crypto::{fields_mac, MAC_LEN};
+use crate::crypto::{fields_mac, Key32, MAC_LEN};
 use crate::error::WardenError;
 use crate::keys::master;
 use pgrx::prelude::*;
@@ -132,7 +139,7 @@ pub struct MacFields<'a> {
 }
 
 impl MacFields<'_> {
-    pub fn mac(&self, key: &crate::crypto::Key32) -> [u8; MAC_LEN] {
+    pub fn mac(&self, key: &Key32) -> [u8; MAC_LEN] {
         // A NULL is distinguished from an empty value by a presence byte.
         fn opt(v: Option<&[u8]>) -> Vec<u8> {
             v.map_or_else(Vec::new, |b| [&[1u8][..], b].concat())
@@ -159,37 +166,6 @@ impl MacFields<'_> {
                 &opt(self.detail.map(str::as_bytes)),
             ],
         )
-    }
-}
-
-/// A seal as the chain stores it.
-pub struct Seal {
-    pub workspace: Option<[u8; 16]>,
-    pub seq: i64,
-    pub txid: i64,
-    pub kind: String,
-    /// Canonical JSON (purge seals say where the chain restarts).
-    pub detail: Option<String>,
-    pub prev_mac: Option<Vec<u8>>,
-}
-
-impl Seal {
-    /// The MAC over this seal's fields and its transaction's entry MACs.
-    pub fn mac(&self, key: &crate::crypto::Key32, entry_macs: &[Vec<u8>]) -> [u8; MAC_LEN] {
-        let ws = self.workspace.map_or_else(Vec::new, |w| w.to_vec());
-        let (seq, txid) = (self.seq.to_be_bytes(), self.txid.to_be_bytes());
-        let count = (entry_macs.len() as u64).to_be_bytes();
-        let mut fields: Vec<&[u8]> = vec![
-            &ws,
-            &seq,
-            &txid,
-            self.kind.as_bytes(),
-            self.detail.as_deref().unwrap_or("").as_bytes(),
-            self.prev_mac.as_deref().unwrap_or(&[]),
-            &count,
-        ];
-        fields.extend(entry_macs.iter().map(Vec::as_slice));
-        fields_mac(key, SEAL_LABEL, &fields)
     }
 }
 
@@ -416,6 +392,16 @@ const INSERT_ENTRIES: &str = "INSERT INTO warden.audit_log (txid, at, txn_seq, w
 static INSERT_PLAN: BackendLocal<RefCell<Option<pgrx::spi::OwnedPreparedStatement>>> =
     BackendLocal::new(RefCell::new(None));
 
+const BLOCK_LABEL: &[u8] = b"pg_warden/v1/audit-block";
+
+/// The chain key a workspace's rows are indexed by (no workspace: nil).
+const NIL: &str = "'00000000-0000-0000-0000-000000000000'::pg_catalog.uuid";
+
+/// `COALESCE(<column>, nil) = COALESCE($n, nil)`: the rows of one chain.
+fn in_chain(column: &str, param: &str) -> String {
+    format!("COALESCE({column}, {NIL}) OPERATOR(pg_catalog.=) COALESCE({param}, {NIL})")
+}
+
 /// An advisory lock key for a workspace's chain.
 fn chain_lock_key(workspace: Option<[u8; 16]>) -> i64 {
     let bytes = workspace.unwrap_or([0; 16]);
@@ -423,10 +409,67 @@ fn chain_lock_key(workspace: Option<[u8; 16]>) -> i64 {
     i64::from_be_bytes(bytes[..8].try_into().unwrap()) ^ 0x5744_0000_0000_0000
 }
 
-const NIL: &str = "'00000000-0000-0000-0000-000000000000'::pg_catalog.uuid";
+/// The MAC of a transaction's seal: its entry MACs, in order.
+fn seal_mac(
+    key: &Key32,
+    workspace: Option<[u8; 16]>,
+    txid: i64,
+    entry_macs: &[Vec<u8>],
+) -> [u8; MAC_LEN] {
+    let ws = workspace.map_or_else(Vec::new, |w| w.to_vec());
+    let (txid, count) = (txid.to_be_bytes(), (entry_macs.len() as u64).to_be_bytes());
+    let mut fields: Vec<&[u8]> = vec![&ws, &txid, &count];
+    fields.extend(entry_macs.iter().map(Vec::as_slice));
+    fields_mac(key, SEAL_LABEL, &fields)
+}
+
+/// A seal as a block covers it.
+struct SealRow {
+    txid: i64,
+    entries: i32,
+    mac: Vec<u8>,
+}
+
+/// A block of the chain.
+struct Block {
+    workspace: Option<[u8; 16]>,
+    seq: i64,
+    from_txid: i64,
+    to_txid: i64,
+    /// Canonical JSON on a purge mark.
+    purge: Option<String>,
+    prev_mac: Option<Vec<u8>>,
+}
+
+impl Block {
+    fn mac(&self, key: &Key32, seals: &[SealRow]) -> [u8; MAC_LEN] {
+        let ws = self.workspace.map_or_else(Vec::new, |w| w.to_vec());
+        let (seq, from, to) = (
+            self.seq.to_be_bytes(),
+            self.from_txid.to_be_bytes(),
+            self.to_txid.to_be_bytes(),
+        );
+        let count = (seals.len() as u64).to_be_bytes();
+        let per_seal: Vec<Vec<u8>> = seals
+            .iter()
+            .map(|s| [&s.txid.to_be_bytes()[..], &s.entries.to_be_bytes(), &s.mac].concat())
+            .collect();
+        let mut fields: Vec<&[u8]> = vec![
+            &ws,
+            &seq,
+            &from,
+            &to,
+            self.purge.as_deref().unwrap_or("").as_bytes(),
+            self.prev_mac.as_deref().unwrap_or(&[]),
+            &count,
+        ];
+        fields.extend(per_seal.iter().map(Vec::as_slice));
+        fields_mac(key, BLOCK_LABEL, &fields)
+    }
+}
 
 /// Just before commit: writes what is still buffered, then seals this
-/// transaction's entries, per workspace.
+/// transaction's entries, per workspace, and chains what has settled.
 pub fn seal_transaction() -> Result<(), WardenError> {
     if PENDING.borrow().is_none() {
         return Ok(());
@@ -440,6 +483,10 @@ pub fn seal_transaction() -> Result<(), WardenError> {
     sealed
 }
 
+/// A seal per workspace, written without any lock: concurrent writers in a
+/// workspace never wait for each other. Then, if no other transaction is
+/// chaining that workspace right now (a try-lock, never a wait), the seals
+/// of every transaction that has finished are appended to its chain.
 fn seal_workspaces() -> Result<(), WardenError> {
     let Some(pending) = PENDING.borrow_mut().take() else {
         return Ok(());
@@ -447,72 +494,135 @@ fn seal_workspaces() -> Result<(), WardenError> {
     let keys = master::current()?;
     let mut written = pending.written;
     written.sort_by_key(|w| (w.workspace, w.txn_seq));
+    // Another transaction's view of the last block could be stale outside
+    // READ COMMITTED: chain only there (others will).
+    // SAFETY: plain backend global.
+    let read_committed = unsafe { pg_sys::XactIsoLevel } <= pg_sys::XACT_READ_COMMITTED as i32;
     for chunk in written.chunk_by(|a, b| a.workspace == b.workspace) {
+        let workspace = chunk[0].workspace;
         let macs: Vec<Vec<u8>> = chunk.iter().map(|w| w.mac.to_vec()).collect();
+        let mac = seal_mac(&keys.audit, workspace, pending.txid, &macs);
         as_extension_owner(|| {
-            append_seal(
-                &keys.audit,
-                chunk[0].workspace,
-                pending.txid,
-                "transaction",
-                None,
-                &macs,
-            )
+            Spi::run_with_args(
+                "INSERT INTO warden.audit_seals (workspace_id, txid, entries, mac) VALUES ($1, $2, $3, $4)",
+                &[
+                    workspace.map(Uuid::from_bytes).into(),
+                    pending.txid.into(),
+                    (macs.len() as i32).into(),
+                    mac.to_vec().into(),
+                ],
+            )?;
+            if read_committed {
+                let locked = select_one::<bool>(
+                    "SELECT pg_catalog.pg_try_advisory_xact_lock($1)",
+                    &[chain_lock_key(workspace).into()],
+                )?;
+                if locked == Some(true) {
+                    chain(&keys.audit, workspace)?;
+                }
+            }
+            Ok(())
         })?;
     }
     Ok(())
 }
 
-/// Appends a seal to a workspace's chain, under the chain's lock.
-fn append_seal(
-    key: &crate::crypto::Key32,
-    workspace: Option<[u8; 16]>,
-    txid: i64,
-    kind: &str,
-    detail: Option<&str>,
-    entry_macs: &[Vec<u8>],
-) -> Result<(), WardenError> {
-    let ws = workspace.map(Uuid::from_bytes);
-    Spi::run_with_args(
-        "SELECT pg_catalog.pg_advisory_xact_lock($1)",
-        &[chain_lock_key(workspace).into()],
-    )?;
-    let (seq, prev) = Spi::connect(|client| {
+/// The newest block of a chain: (seq, to_txid, mac); (0, 0, none) if none.
+fn last_block(workspace: Option<[u8; 16]>) -> Result<(i64, i64, Option<Vec<u8>>), WardenError> {
+    Spi::connect(|client| {
         let rows = client.select(
             &format!(
-                "SELECT seq, mac FROM warden.audit_seals
-                  WHERE COALESCE(workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                  ORDER BY seq DESC LIMIT 1"
+                "SELECT seq, to_txid, mac FROM warden.audit_blocks WHERE {}
+                  ORDER BY seq DESC LIMIT 1",
+                in_chain("workspace_id", "$1")
             ),
             None,
-            &[ws.into()],
+            &[workspace.map(Uuid::from_bytes).into()],
         )?;
         if rows.is_empty() {
-            return Ok::<_, WardenError>((1i64, None));
+            return Ok((0, 0, None));
         }
         let row = rows.first();
-        Ok((row.get::<i64>(1)?.unwrap_or(0) + 1, row.get::<Vec<u8>>(2)?))
-    })?;
-    let seal = Seal {
+        Ok((
+            row.get::<i64>(1)?.unwrap_or(0),
+            row.get::<i64>(2)?.unwrap_or(0),
+            row.get::<Vec<u8>>(3)?,
+        ))
+    })
+}
+
+/// The seals of a chain with `from <= txid < to`, in txid order.
+fn seals_between(
+    workspace: Option<[u8; 16]>,
+    from: i64,
+    to: i64,
+) -> Result<Vec<SealRow>, WardenError> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            &format!(
+                "SELECT txid, entries, mac FROM warden.audit_seals
+                  WHERE {} AND txid OPERATOR(pg_catalog.>=) $2 AND txid OPERATOR(pg_catalog.<) $3
+                  ORDER BY txid",
+                in_chain("workspace_id", "$1")
+            ),
+            None,
+            &[
+                workspace.map(Uuid::from_bytes).into(),
+                from.into(),
+                to.into(),
+            ],
+        )? {
+            out.push(SealRow {
+                txid: row.get::<i64>(1)?.unwrap_or(0),
+                entries: row.get::<i32>(2)?.unwrap_or(0),
+                mac: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Appends a block covering the seals of every transaction older than this
+/// statement's snapshot horizon (they have all finished, so no seal can
+/// still appear below it). The caller holds the chain's lock.
+fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
+    let (seq, from, prev) = last_block(workspace)?;
+    let frontier = select_one::<i64>(
+        "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint",
+        &[],
+    )?
+    .unwrap_or(0);
+    if frontier <= from {
+        return Ok(());
+    }
+    let seals = seals_between(workspace, from, frontier)?;
+    if seals.is_empty() {
+        return Ok(());
+    }
+    let block = Block {
         workspace,
-        seq,
-        txid,
-        kind: kind.to_string(),
-        detail: detail.map(str::to_string),
-        prev_mac: prev.clone(),
+        seq: seq + 1,
+        from_txid: from,
+        to_txid: frontier,
+        purge: None,
+        prev_mac: prev,
     };
-    let mac = seal.mac(key, entry_macs);
+    insert_block(&block, &block.mac(key, &seals), seals.len())
+}
+
+fn insert_block(block: &Block, mac: &[u8], seals: usize) -> Result<(), WardenError> {
     Spi::run_with_args(
-        "INSERT INTO warden.audit_seals (workspace_id, seq, txid, entries, kind, detail, prev_mac, mac)
+        "INSERT INTO warden.audit_blocks (workspace_id, seq, from_txid, to_txid, seals, purge, prev_mac, mac)
          VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.jsonb, $7, $8)",
         &[
-            ws.into(),
-            seq.into(),
-            txid.into(),
-            (entry_macs.len() as i32).into(),
-            kind.into(),
-            detail.into(),
-            prev.into(),
+            block.workspace.map(Uuid::from_bytes).into(),
+            block.seq.into(),
+            block.from_txid.into(),
+            block.to_txid.into(),
+            (seals as i32).into(),
+            block.purge.as_deref().into(),
+            block.prev_mac.clone().into(),
             mac.to_vec().into(),
         ],
     )?;
@@ -525,7 +635,7 @@ pub fn forget_pending() {
 }
 
 /// Runs `f` with deletion from the trail allowed (purge only).
-pub fn while_purging<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, WardenError> {
+fn while_purging<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, WardenError> {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -537,6 +647,24 @@ pub fn while_purging<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T,
     f()
 }
 
+/// Every chain's workspace (NULL: outside any workspace).
+fn chains() -> Result<Vec<Option<[u8; 16]>>, WardenError> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT DISTINCT workspace_id FROM warden.audit_log
+             UNION SELECT DISTINCT workspace_id FROM warden.audit_seals
+             UNION SELECT DISTINCT workspace_id FROM warden.audit_blocks",
+            None,
+            &[],
+        )? {
+            out.push(row.get::<Uuid>(1)?.map(|u| *u.as_bytes()));
+        }
+        out.sort();
+        Ok(out)
+    })
+}
+
 /// The verification of one chain.
 pub struct ChainReport {
     pub workspace: Option<[u8; 16]>,
@@ -544,27 +672,19 @@ pub struct ChainReport {
     pub first_broken_id: Option<i64>,
 }
 
-/// Verifies every chain (as the trail's owner).
+/// Chains what has settled, then verifies every chain (as the trail's owner).
 pub fn verify() -> Result<Vec<ChainReport>, WardenError> {
     let keys = master::current()?;
     as_extension_owner(|| {
-        let chains: Vec<Option<Uuid>> = Spi::connect(|client| {
-            let mut out = Vec::new();
-            for row in client.select(
-                "SELECT DISTINCT workspace_id FROM warden.audit_log
-                 UNION SELECT DISTINCT workspace_id FROM warden.audit_seals",
-                None,
-                &[],
-            )? {
-                out.push(row.get::<Uuid>(1)?);
-            }
-            Ok::<_, WardenError>(out)
-        })?;
         let mut reports = Vec::new();
-        for ws in chains {
-            reports.push(verify_chain(&keys.audit, ws.map(|u| *u.as_bytes()))?);
+        for workspace in chains()? {
+            Spi::run_with_args(
+                "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+                &[chain_lock_key(workspace).into()],
+            )?;
+            chain(&keys.audit, workspace)?;
+            reports.push(verify_chain(&keys.audit, workspace)?);
         }
-        reports.sort_by_key(|r| r.workspace);
         Ok(reports)
     })
 }
@@ -577,24 +697,22 @@ struct StoredEntry {
     valid: bool,
 }
 
-fn verify_chain(
-    key: &crate::crypto::Key32,
+fn stored_entries(
+    key: &Key32,
     workspace: Option<[u8; 16]>,
-) -> Result<ChainReport, WardenError> {
-    let ws = workspace.map(Uuid::from_bytes);
-    let entries: Vec<StoredEntry> = Spi::connect(|client| {
+) -> Result<Vec<StoredEntry>, WardenError> {
+    Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(
             &format!(
-                "SELECT id, at, txid, txn_seq, workspace_id,
-                        actor, db_role, action, target, row_key::text, old_values::text,
-                        new_values::text, detail::text, mac
-                   FROM warden.audit_log
-                  WHERE COALESCE(workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                  ORDER BY txid, txn_seq, id"
+                "SELECT id, at, txid, txn_seq, workspace_id, actor, db_role, action, target,
+                        row_key::text, old_values::text, new_values::text, detail::text, mac
+                   FROM warden.audit_log WHERE {}
+                  ORDER BY txid, txn_seq, id",
+                in_chain("workspace_id", "$1")
             ),
             None,
-            &[ws.into()],
+            &[workspace.map(Uuid::from_bytes).into()],
         )? {
             let text =
                 |i: usize| -> Result<Option<String>, WardenError> { Ok(row.get::<String>(i)?) };
@@ -606,15 +724,15 @@ fn verify_chain(
                 }))
             };
             let stored_mac = row.get::<Vec<u8>>(14)?.unwrap_or_default();
-            let at = row
-                .get::<TimestampWithTimeZone>(2)?
-                .map_or(0, pg_sys::TimestampTz::from);
             let (db_role, action) = (text(7)?.unwrap_or_default(), text(8)?.unwrap_or_default());
             let (target, row_key, old_values) = (text(9)?, canon(10)?, canon(11)?);
             let (new_values, detail) = (canon(12)?, canon(13)?);
+            let txid = row.get::<i64>(3)?.unwrap_or_default();
             let computed = MacFields {
-                at,
-                txid: row.get::<i64>(3)?.unwrap_or_default(),
+                at: row
+                    .get::<TimestampWithTimeZone>(2)?
+                    .map_or(0, pg_sys::TimestampTz::from),
+                txid,
                 txn_seq: row.get::<i32>(4)?.unwrap_or_default(),
                 workspace: row.get::<Uuid>(5)?.map(|u| *u.as_bytes()),
                 actor: row.get::<Uuid>(6)?.map(|u| *u.as_bytes()),
@@ -629,107 +747,127 @@ fn verify_chain(
             .mac(key);
             out.push(StoredEntry {
                 id: row.get::<i64>(1)?.unwrap_or_default(),
-                txid: row.get::<i64>(3)?.unwrap_or_default(),
+                txid,
                 valid: computed.as_slice() == stored_mac.as_slice(),
                 mac: stored_mac,
             });
         }
-        Ok::<_, WardenError>(out)
-    })?;
-    let seals: Vec<(Seal, Vec<u8>)> = Spi::connect(|client| {
+        Ok(out)
+    })
+}
+
+fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport, WardenError> {
+    let entries = stored_entries(key, workspace)?;
+    let all_seals = seals_between(workspace, i64::MIN, i64::MAX)?;
+    let blocks: Vec<(Block, Vec<u8>)> = Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(
             &format!(
-                "SELECT seq, txid, kind, detail::text, prev_mac, mac FROM warden.audit_seals
-                  WHERE COALESCE(workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                  ORDER BY seq"
+                "SELECT seq, from_txid, to_txid, purge::text, prev_mac, mac FROM warden.audit_blocks
+                  WHERE {} ORDER BY seq",
+                in_chain("workspace_id", "$1")
             ),
             None,
-            &[ws.into()],
+            &[workspace.map(Uuid::from_bytes).into()],
         )? {
-            let detail = row.get::<String>(4)?.map(|t| {
+            let purge = row.get::<String>(4)?.map(|t| {
                 serde_json::from_str::<serde_json::Value>(&t)
                     .map(|v| canonical(&v))
                     .unwrap_or(t)
             });
-            let seal = Seal {
+            let block = Block {
                 workspace,
-                seq: row.get::<i64>(1)?.unwrap_or_default(),
-                txid: row.get::<i64>(2)?.unwrap_or_default(),
-                kind: row.get::<String>(3)?.unwrap_or_default(),
-                detail,
+                seq: row.get::<i64>(1)?.unwrap_or(0),
+                from_txid: row.get::<i64>(2)?.unwrap_or(0),
+                to_txid: row.get::<i64>(3)?.unwrap_or(0),
+                purge,
                 prev_mac: row.get::<Vec<u8>>(5)?,
             };
-            out.push((seal, row.get::<Vec<u8>>(6)?.unwrap_or_default()));
+            out.push((block, row.get::<Vec<u8>>(6)?.unwrap_or_default()));
         }
         Ok::<_, WardenError>(out)
     })?;
 
-    // The first id of a problem; lower is earlier.
+    // The lowest entry id of a problem.
     let mut broken: Option<i64> = entries.iter().filter(|e| !e.valid).map(|e| e.id).min();
     let mut flag = |id: Option<i64>| {
         if let Some(id) = id {
             broken = Some(broken.map_or(id, |b| b.min(id)));
         }
     };
-    let first_id_of = |txid: i64| {
+    // Where a problem at transaction `txid` shows: its first entry, or the
+    // first entry after it when none of its own is left.
+    let at_or_after = |txid: i64| {
         entries
             .iter()
-            .filter(|e| e.txid == txid)
+            .filter(|e| e.txid >= txid)
             .map(|e| e.id)
             .min()
     };
-    // A purge leaves a seal saying where the chain now starts.
-    let anchor = seals
-        .iter()
-        .rev()
-        .find(|(s, _)| s.kind == "purge")
-        .and_then(|(s, _)| {
-            let detail: serde_json::Value = serde_json::from_str(s.detail.as_deref()?).ok()?;
-            let through = detail.get("purged_through_seq")?.as_i64()?;
-            Some((
-                through,
-                hex::decode(detail.get("anchor_mac")?.as_str()?).ok()?,
-            ))
-        });
+
+    // Seals: each must match its transaction's entries.
+    let mut sealed = BTreeSet::new();
+    for seal in &all_seals {
+        let macs: Vec<Vec<u8>> = entries
+            .iter()
+            .filter(|e| e.txid == seal.txid)
+            .map(|e| e.mac.clone())
+            .collect();
+        if seal.entries as usize != macs.len()
+            || seal_mac(key, workspace, seal.txid, &macs).as_slice() != seal.mac
+        {
+            flag(at_or_after(seal.txid));
+        }
+        sealed.insert(seal.txid);
+    }
+    // Entries no seal covers were inserted behind pg_warden's back (or
+    // their seal was deleted).
+    flag(
+        entries
+            .iter()
+            .filter(|e| !sealed.contains(&e.txid))
+            .map(|e| e.id)
+            .min(),
+    );
+
+    // Blocks: a contiguous chain of txid ranges, each MAC'ed over the seals
+    // in its range and the previous block. A purge mark says where the
+    // chain now starts.
+    let anchor = blocks.iter().rev().find_map(|(b, _)| {
+        let purge: serde_json::Value = serde_json::from_str(b.purge.as_deref()?).ok()?;
+        let through = purge.get("purged_through_seq")?.as_i64()?;
+        Some((
+            through,
+            hex::decode(purge.get("anchor_mac")?.as_str()?).ok()?,
+        ))
+    });
     let (mut expected_seq, mut expected_prev) = match &anchor {
         Some((through, mac)) => (through + 1, Some(mac.clone())),
         None => (1, None),
     };
-    let mut sealed_txids = BTreeSet::new();
-    for (seal, mac) in &seals {
-        let is_transaction = seal.kind == "transaction";
-        let macs: Vec<Vec<u8>> = entries
+    let mut expected_from: Option<i64> = anchor.is_none().then_some(0);
+    for (block, mac) in &blocks {
+        let seals: Vec<SealRow> = all_seals
             .iter()
-            .filter(|e| is_transaction && e.txid == seal.txid)
-            .map(|e| e.mac.clone())
+            .filter(|s| {
+                block.purge.is_none() && s.txid >= block.from_txid && s.txid < block.to_txid
+            })
+            .map(|s| SealRow {
+                txid: s.txid,
+                entries: s.entries,
+                mac: s.mac.clone(),
+            })
             .collect();
-        let linked = seal.seq == expected_seq && seal.prev_mac == expected_prev;
-        if !linked || seal.mac(key, &macs).as_slice() != mac.as_slice() {
-            // The break shows at this transaction's first entry; when it has
-            // none left (it was deleted), at the next entry after it.
-            flag(first_id_of(seal.txid).or_else(|| {
-                entries
-                    .iter()
-                    .filter(|e| e.txid > seal.txid)
-                    .map(|e| e.id)
-                    .min()
-            }));
+        let linked = block.seq == expected_seq
+            && block.prev_mac == expected_prev
+            && expected_from.is_none_or(|f| f == block.from_txid);
+        if !linked || block.mac(key, &seals).as_slice() != mac.as_slice() {
+            flag(at_or_after(block.from_txid));
         }
-        if is_transaction {
-            sealed_txids.insert(seal.txid);
-        }
-        expected_seq = seal.seq + 1;
+        expected_seq = block.seq + 1;
         expected_prev = Some(mac.clone());
+        expected_from = Some(block.to_txid);
     }
-    // Entries no committed seal covers were inserted behind pg_warden's back.
-    flag(
-        entries
-            .iter()
-            .filter(|e| !sealed_txids.contains(&e.txid))
-            .map(|e| e.id)
-            .min(),
-    );
     Ok(ChainReport {
         workspace,
         entries: entries.len() as i64,
@@ -737,101 +875,94 @@ fn verify_chain(
     })
 }
 
-/// Deletes every transaction of every chain sealed wholly before `before`,
-/// and appends a purge seal recording where each chain now starts. Returns
-/// the number of entries deleted.
+/// Deletes, per chain, the longest run of oldest blocks whose entries are
+/// all older than `before` (with their seals and entries), after appending
+/// a purge mark that records where the chain now starts. Returns the number
+/// of entries deleted.
 pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
     let keys = master::current()?;
     as_extension_owner(|| {
         while_purging(|| {
-            let chains: Vec<Option<Uuid>> = Spi::connect(|client| {
-                let mut out = Vec::new();
-                for row in client.select(
-                    "SELECT DISTINCT workspace_id FROM warden.audit_seals",
-                    None,
-                    &[],
-                )? {
-                    out.push(row.get::<Uuid>(1)?);
-                }
-                Ok::<_, WardenError>(out)
-            })?;
             let mut deleted = 0i64;
-            for ws in chains {
-                let workspace = ws.map(|u| *u.as_bytes());
+            for workspace in chains()? {
+                let ws = workspace.map(Uuid::from_bytes);
                 Spi::run_with_args(
                     "SELECT pg_catalog.pg_advisory_xact_lock($1)",
                     &[chain_lock_key(workspace).into()],
                 )?;
-                // The last seal whose transaction, and every one before it,
-                // holds only entries older than `before`.
+                chain(&keys.audit, workspace)?;
+                // The last block before the first one holding an entry at
+                // or after `before` (or a purge mark, which ends the run).
                 let through = select_one::<i64>(
                     &format!(
-                        "SELECT max(s.seq) FROM warden.audit_seals AS s
-                          WHERE COALESCE(s.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                            AND s.kind OPERATOR(pg_catalog.=) 'transaction'
-                            AND s.seq OPERATOR(pg_catalog.<) COALESCE((
-                                SELECT min(t.seq) FROM warden.audit_seals AS t
-                                  JOIN warden.audit_log AS e ON e.txid OPERATOR(pg_catalog.=) t.txid
-                                   AND COALESCE(e.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                                 WHERE COALESCE(t.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                                   AND e.at OPERATOR(pg_catalog.>=) $2), 9223372036854775807)"
+                        "SELECT max(b.seq) FROM warden.audit_blocks AS b
+                          WHERE {chain_b} AND b.purge IS NULL
+                            AND b.seq OPERATOR(pg_catalog.<) COALESCE((
+                                SELECT min(k.seq) FROM warden.audit_blocks AS k
+                                 WHERE {chain_k} AND (k.purge IS NOT NULL OR EXISTS (
+                                       SELECT FROM warden.audit_log AS e
+                                        WHERE {chain_e}
+                                          AND e.txid OPERATOR(pg_catalog.>=) k.from_txid
+                                          AND e.txid OPERATOR(pg_catalog.<) k.to_txid
+                                          AND e.at OPERATOR(pg_catalog.>=) $2))),
+                                9223372036854775807)",
+                        chain_b = in_chain("b.workspace_id", "$1"),
+                        chain_k = in_chain("k.workspace_id", "$1"),
+                        chain_e = in_chain("e.workspace_id", "$1"),
                     ),
                     &[ws.into(), before.into()],
                 )?;
                 let Some(through) = through else { continue };
-                let anchor = select_one::<Vec<u8>>(
-                    &format!(
-                        "SELECT mac FROM warden.audit_seals
-                          WHERE COALESCE(workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                            AND seq OPERATOR(pg_catalog.=) $2"
-                    ),
-                    &[ws.into(), through.into()],
-                )?
-                .unwrap_or_default();
-                let doomed = format!(
-                    "FROM warden.audit_seals AS s
-                      WHERE COALESCE(s.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                        AND COALESCE(e.workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                        AND s.seq OPERATOR(pg_catalog.<=) $2 AND e.txid OPERATOR(pg_catalog.=) s.txid"
-                );
+                let (anchor, up_to) = Spi::connect(|client| {
+                    let rows = client.select(
+                        &format!(
+                            "SELECT mac, to_txid FROM warden.audit_blocks
+                              WHERE {} AND seq OPERATOR(pg_catalog.=) $2",
+                            in_chain("workspace_id", "$1")
+                        ),
+                        None,
+                        &[ws.into(), through.into()],
+                    )?;
+                    let row = rows.first();
+                    Ok::<_, WardenError>((
+                        row.get::<Vec<u8>>(1)?.unwrap_or_default(),
+                        row.get::<i64>(2)?.unwrap_or(0),
+                    ))
+                })?;
                 let n = select_one::<i64>(
                     &format!(
-                        "SELECT count(*) FROM warden.audit_log AS e WHERE EXISTS (SELECT {doomed})"
+                        "SELECT count(*) FROM warden.audit_log WHERE {} AND txid OPERATOR(pg_catalog.<) $2",
+                        in_chain("workspace_id", "$1")
                     ),
-                    &[ws.into(), through.into()],
+                    &[ws.into(), up_to.into()],
                 )?
                 .unwrap_or(0);
-                // The mark goes on the chain first (after its newest seal),
-                // then what it covers goes.
-                let detail = serde_json::json!({
+                // The mark goes on the chain first, then what it covers goes.
+                let (seq, last_to, prev) = last_block(workspace)?;
+                let purge = serde_json::json!({
                     "before": before.to_string(),
                     "purged_through_seq": through,
                     "anchor_mac": hex::encode(&anchor),
                     "entries": n,
                 });
-                // SAFETY: this transaction's id (assigned by the lock above).
-                let txid = unsafe { pg_sys::GetTopFullTransactionId() }.value as i64;
-                append_seal(
-                    &keys.audit,
+                let mark = Block {
                     workspace,
-                    txid,
-                    "purge",
-                    Some(&canonical(&detail)),
-                    &[],
-                )?;
+                    seq: seq + 1,
+                    from_txid: last_to,
+                    to_txid: last_to,
+                    purge: Some(canonical(&purge)),
+                    prev_mac: prev,
+                };
+                insert_block(&mark, &mark.mac(&keys.audit, &[]), 0)?;
+                let chain_rows = in_chain("workspace_id", "$1");
+                for query in [
+                    format!("DELETE FROM warden.audit_log WHERE {chain_rows} AND txid OPERATOR(pg_catalog.<) $2"),
+                    format!("DELETE FROM warden.audit_seals WHERE {chain_rows} AND txid OPERATOR(pg_catalog.<) $2"),
+                ] {
+                    Spi::run_with_args(&query, &[ws.into(), up_to.into()])?;
+                }
                 Spi::run_with_args(
-                    &format!(
-                        "DELETE FROM warden.audit_log AS e USING {}",
-                        &doomed["FROM ".len()..]
-                    ),
-                    &[ws.into(), through.into()],
-                )?;
-                Spi::run_with_args(
-                    &format!(
-                        "DELETE FROM warden.audit_seals
-                          WHERE COALESCE(workspace_id, {NIL}) OPERATOR(pg_catalog.=) COALESCE($1, {NIL})
-                            AND seq OPERATOR(pg_catalog.<=) $2"
-                    ),
+                    &format!("DELETE FROM warden.audit_blocks WHERE {chain_rows} AND seq OPERATOR(pg_catalog.<=) $2"),
                     &[ws.into(), through.into()],
                 )?;
                 deleted += n;

@@ -134,7 +134,7 @@ RESET ROLE;
 SET ROLE regress_admin;
 SELECT warden.purge_audit(now() + interval '1 day') > 0 AS purged_some;
 SELECT count(*) AS entries_left FROM warden.audit_log;
-SELECT workspace_id, kind, detail->'purged_through_seq' AS through FROM warden.audit_seals ORDER BY 1, seq;
+SELECT workspace_id, purge IS NOT NULL AS purge_mark, purge->'purged_through_seq' AS through FROM warden.audit_blocks ORDER BY 1, seq;
 SELECT * FROM warden.verify_audit();
 SELECT regress.error_of($$SELECT warden.purge_audit(NULL)$$);
 RESET ROLE;
