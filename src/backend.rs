@@ -2,7 +2,13 @@
 //! extension's owner.
 
 use crate::error::WardenError;
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// A static owned by this backend process. A PostgreSQL backend runs a
 /// single thread (pgrx refuses calls into Postgres from any other, and we
@@ -97,18 +103,70 @@ impl Drop for ActAs {
     }
 }
 
-/// The first column of the first row of a read-only query, or `None`.
+/// Plans kept for the backend's lifetime, by query text and mutability
+/// (PostgreSQL's plan cache revalidates them when the tables change). Our
+/// queries are a small fixed set; planning them on every call costs more
+/// than running them.
+type Plans = HashMap<(String, bool), Rc<OwnedPreparedStatement>>;
+
+static PLANS: BackendLocal<RefCell<Option<Plans>>> = BackendLocal::new(RefCell::new(None));
+
+fn planned(
+    client: &SpiClient<'_>,
+    query: &str,
+    args: &[DatumWithOid],
+    mutating: bool,
+) -> Result<Rc<OwnedPreparedStatement>, WardenError> {
+    let key = (query.to_string(), mutating);
+    if let Some(plan) = PLANS.borrow().as_ref().and_then(|p| p.get(&key)) {
+        return Ok(plan.clone());
+    }
+    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from_untagged(a.oid())).collect();
+    let plan = if mutating {
+        client.prepare_mut(query, &types)?
+    } else {
+        client.prepare(query, &types)?
+    };
+    let plan = Rc::new(plan.keep());
+    PLANS
+        .borrow_mut()
+        .get_or_insert_with(HashMap::new)
+        .insert(key, plan.clone());
+    Ok(plan)
+}
+
+/// Runs a read-only query (planned once) and hands its rows to `f`.
 /// (pgrx's `Spi::get_one*` run as updates: a new command id and snapshot,
 /// which STABLE and parallel-safe callers must not take.)
+pub fn select<R>(
+    query: &str,
+    args: &[DatumWithOid],
+    f: impl FnOnce(SpiTupleTable<'_>) -> Result<R, WardenError>,
+) -> Result<R, WardenError> {
+    Spi::connect(|client| {
+        let plan = planned(client, query, args, false)?;
+        f(client.select(&*plan, None, args)?)
+    })
+}
+
+/// The first column of the first row of a read-only query, or `None`.
 pub fn select_one<T: FromDatum + IntoDatum>(
     query: &str,
-    args: &[pgrx::datum::DatumWithOid],
+    args: &[DatumWithOid],
 ) -> Result<Option<T>, WardenError> {
-    Spi::connect(|client| {
-        let rows = client.select(query, Some(1), args)?;
+    select(query, args, |rows| {
         if rows.is_empty() {
             return Ok(None);
         }
         Ok(rows.first().get_one::<T>()?)
+    })
+}
+
+/// Runs a statement that writes (planned once).
+pub fn execute(query: &str, args: &[DatumWithOid]) -> Result<(), WardenError> {
+    Spi::connect_mut(|client| {
+        let plan = planned(client, query, args, true)?;
+        client.update(&*plan, None, args)?;
+        Ok(())
     })
 }

@@ -27,7 +27,7 @@
 //! needs the master key, and a cluster restored with the same master key
 //! verifies.
 
-use crate::backend::{as_extension_owner, select_one, BackendLocal};
+use crate::backend::{as_extension_owner, execute, select, select_one, BackendLocal};
 use crate::context;
 use crate::crypto::{fields_mac, Key32, MAC_LEN};
 use crate::error::WardenError;
@@ -293,51 +293,26 @@ pub fn flush() -> Result<(), WardenError> {
         columns.detail.push(e.detail.clone());
         columns.mac.push(e.mac.to_vec());
     }
+    let c = columns;
     as_extension_owner(|| {
-        Spi::connect_mut(|client| {
-            let mut plan = INSERT_PLAN.borrow_mut();
-            if plan.is_none() {
-                use pgrx::PgBuiltInOids as T;
-                let types = [
-                    T::INT8OID,
-                    T::TIMESTAMPTZARRAYOID,
-                    T::INT4ARRAYOID,
-                    T::UUIDARRAYOID,
-                    T::UUIDARRAYOID,
-                    T::TEXTARRAYOID,
-                    T::TEXTARRAYOID,
-                    T::TEXTARRAYOID,
-                    T::TEXTARRAYOID,
-                    T::TEXTARRAYOID,
-                    T::TEXTARRAYOID,
-                    T::TEXTARRAYOID,
-                    T::BYTEAARRAYOID,
-                ]
-                .map(pgrx::PgOid::BuiltIn);
-                *plan = Some(client.prepare_mut(INSERT_ENTRIES, &types)?.keep());
-            }
-            let c = columns;
-            client.update(
-                plan.as_ref().unwrap(),
-                None,
-                &[
-                    txid.into(),
-                    c.at.into(),
-                    c.txn_seq.into(),
-                    c.workspace.into(),
-                    c.actor.into(),
-                    c.db_role.into(),
-                    c.action.into(),
-                    c.target.into(),
-                    c.row_key.into(),
-                    c.old_values.into(),
-                    c.new_values.into(),
-                    c.detail.into(),
-                    c.mac.into(),
-                ],
-            )?;
-            Ok::<_, WardenError>(())
-        })
+        execute(
+            INSERT_ENTRIES,
+            &[
+                txid.into(),
+                c.at.into(),
+                c.txn_seq.into(),
+                c.workspace.into(),
+                c.actor.into(),
+                c.db_role.into(),
+                c.action.into(),
+                c.target.into(),
+                c.row_key.into(),
+                c.old_values.into(),
+                c.new_values.into(),
+                c.detail.into(),
+                c.mac.into(),
+            ],
+        )
     })?;
     if let Some(p) = &mut *PENDING.borrow_mut() {
         p.written.extend(batch.into_iter().map(|e| Written {
@@ -386,11 +361,6 @@ const INSERT_ENTRIES: &str = "INSERT INTO warden.audit_log (txid, at, txn_seq, w
                       pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13))
             AS u(at, txn_seq, workspace_id, actor, db_role, action, target, row_key, old_values,
                  new_values, detail, mac)";
-
-/// The entries INSERT, planned once per backend (the plan cache replans it
-/// if the table changes).
-static INSERT_PLAN: BackendLocal<RefCell<Option<pgrx::spi::OwnedPreparedStatement>>> =
-    BackendLocal::new(RefCell::new(None));
 
 const BLOCK_LABEL: &[u8] = b"pg_warden/v1/audit-block";
 
@@ -503,7 +473,7 @@ fn seal_workspaces() -> Result<(), WardenError> {
         let macs: Vec<Vec<u8>> = chunk.iter().map(|w| w.mac.to_vec()).collect();
         let mac = seal_mac(&keys.audit, workspace, pending.txid, &macs);
         as_extension_owner(|| {
-            Spi::run_with_args(
+            execute(
                 "INSERT INTO warden.audit_seals (workspace_id, txid, entries, mac) VALUES ($1, $2, $3, $4)",
                 &[
                     workspace.map(Uuid::from_bytes).into(),
@@ -529,16 +499,11 @@ fn seal_workspaces() -> Result<(), WardenError> {
 
 /// The newest block of a chain: (seq, to_txid, mac); (0, 0, none) if none.
 fn last_block(workspace: Option<[u8; 16]>) -> Result<(i64, i64, Option<Vec<u8>>), WardenError> {
-    Spi::connect(|client| {
-        let rows = client.select(
-            &format!(
-                "SELECT seq, to_txid, mac FROM warden.audit_blocks WHERE {}
-                  ORDER BY seq DESC LIMIT 1",
-                in_chain("workspace_id", "$1")
-            ),
-            None,
-            &[workspace.map(Uuid::from_bytes).into()],
-        )?;
+    let query = format!(
+        "SELECT seq, to_txid, mac FROM warden.audit_blocks WHERE {} ORDER BY seq DESC LIMIT 1",
+        in_chain("workspace_id", "$1")
+    );
+    select(&query, &[workspace.map(Uuid::from_bytes).into()], |rows| {
         if rows.is_empty() {
             return Ok((0, 0, None));
         }
@@ -557,30 +522,31 @@ fn seals_between(
     from: i64,
     to: i64,
 ) -> Result<Vec<SealRow>, WardenError> {
-    Spi::connect(|client| {
-        let mut out = Vec::new();
-        for row in client.select(
-            &format!(
-                "SELECT txid, entries, mac FROM warden.audit_seals
-                  WHERE {} AND txid OPERATOR(pg_catalog.>=) $2 AND txid OPERATOR(pg_catalog.<) $3
-                  ORDER BY txid",
-                in_chain("workspace_id", "$1")
-            ),
-            None,
-            &[
-                workspace.map(Uuid::from_bytes).into(),
-                from.into(),
-                to.into(),
-            ],
-        )? {
-            out.push(SealRow {
-                txid: row.get::<i64>(1)?.unwrap_or(0),
-                entries: row.get::<i32>(2)?.unwrap_or(0),
-                mac: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
-            });
-        }
-        Ok(out)
-    })
+    let query = format!(
+        "SELECT txid, entries, mac FROM warden.audit_seals
+          WHERE {} AND txid OPERATOR(pg_catalog.>=) $2 AND txid OPERATOR(pg_catalog.<) $3
+          ORDER BY txid",
+        in_chain("workspace_id", "$1")
+    );
+    select(
+        &query,
+        &[
+            workspace.map(Uuid::from_bytes).into(),
+            from.into(),
+            to.into(),
+        ],
+        |rows| {
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(SealRow {
+                    txid: row.get::<i64>(1)?.unwrap_or(0),
+                    entries: row.get::<i32>(2)?.unwrap_or(0),
+                    mac: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                });
+            }
+            Ok(out)
+        },
+    )
 }
 
 /// Appends a block covering the seals of every transaction older than this
@@ -612,7 +578,7 @@ fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
 }
 
 fn insert_block(block: &Block, mac: &[u8], seals: usize) -> Result<(), WardenError> {
-    Spi::run_with_args(
+    execute(
         "INSERT INTO warden.audit_blocks (workspace_id, seq, from_txid, to_txid, seals, purge, prev_mac, mac)
          VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.jsonb, $7, $8)",
         &[
