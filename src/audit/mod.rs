@@ -482,7 +482,7 @@ fn seal_workspaces() -> Result<(), WardenError> {
                     mac.to_vec().into(),
                 ],
             )?;
-            if read_committed {
+            if read_committed && due_to_chain() {
                 let locked = select_one::<bool>(
                     "SELECT pg_catalog.pg_try_advisory_xact_lock($1)",
                     &[chain_lock_key(workspace).into()],
@@ -495,6 +495,19 @@ fn seal_workspaces() -> Result<(), WardenError> {
         })?;
     }
     Ok(())
+}
+
+/// Seals this backend wrote since it last tried to chain.
+static SEALS_SINCE_CHAINING: BackendLocal<Cell<u32>> = BackendLocal::new(Cell::new(0));
+
+/// Each backend tries to chain at every eighth seal it writes: chaining
+/// costs a few queries, and any committer (or verify_audit) chains what
+/// every backend has sealed so far.
+fn due_to_chain() -> bool {
+    let n = SEALS_SINCE_CHAINING.get() + 1;
+    let due = n >= 8;
+    SEALS_SINCE_CHAINING.set(if due { 0 } else { n });
+    due
 }
 
 /// The newest block of a chain: (seq, to_txid, mac); (0, 0, none) if none.
