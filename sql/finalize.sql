@@ -39,7 +39,7 @@ TO warden_user;
 -- verify and purge, and read everything.
 GRANT EXECUTE ON FUNCTION
     warden.enable_audit(regclass, text[]), warden.disable_audit(regclass),
-    warden.audit_row(), warden.audit_flush(), warden.audit_truncate()
+    warden.audit_row(), warden.audit_truncate()
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION warden.log_event(text, text, jsonb) TO warden_user;
 GRANT EXECUTE ON FUNCTION warden.verify_audit(), warden.purge_audit(timestamptz) TO warden_admin;

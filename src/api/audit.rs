@@ -163,16 +163,6 @@ fn audit_row<'a>(
     Ok(None)
 }
 
-/// Writes the entries the statement's row triggers buffered (one INSERT
-/// per statement, not one per row).
-#[pg_trigger]
-fn audit_flush<'a>(
-    _trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
-    audit::flush().unwrap_or_else(|e| raise(e));
-    Ok(None)
-}
-
 /// Records a TRUNCATE of an audited table.
 #[pg_trigger]
 fn audit_truncate<'a>(
@@ -193,9 +183,7 @@ fn audit_truncate<'a>(
         new_values: None,
         detail: None,
     };
-    audit::record(entry)
-        .and_then(|()| audit::flush())
-        .unwrap_or_else(|e| raise(e));
+    audit::record(entry).unwrap_or_else(|e| raise(e));
     Ok(None)
 }
 
@@ -261,8 +249,6 @@ fn enable_audit(
     Spi::run(&format!(
         "CREATE TRIGGER warden_audit AFTER INSERT OR UPDATE OR DELETE ON {table}
              FOR EACH ROW EXECUTE FUNCTION warden.audit_row({args});
-         CREATE TRIGGER warden_audit_flush AFTER INSERT OR UPDATE OR DELETE ON {table}
-             FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_flush();
          CREATE TRIGGER warden_audit_truncate AFTER TRUNCATE ON {table}
              FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();"
     ))
@@ -281,11 +267,7 @@ fn disable_audit(tbl: Option<Table>) -> SqlResult<()> {
     )
     .map_err(WardenError::from)?
     .unwrap_or_default();
-    for name in [
-        "warden_audit",
-        "warden_audit_flush",
-        "warden_audit_truncate",
-    ] {
+    for name in ["warden_audit", "warden_audit_truncate"] {
         let exists = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
             &[tbl.into(), name.into()],
@@ -317,7 +299,6 @@ fn log_event(
         new_values: None,
         detail: detail.map(|JsonB(v)| v),
     })?;
-    audit::flush()?;
     Ok(())
 }
 

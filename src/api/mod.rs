@@ -52,7 +52,6 @@ mod tests {
             "warden.enable_audit(regclass,text[])",
             "warden.disable_audit(regclass)",
             "warden.audit_row()",
-            "warden.audit_flush()",
             "warden.audit_truncate()",
         ];
         let public: Vec<String> = Spi::connect(|client| {

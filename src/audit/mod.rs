@@ -246,7 +246,7 @@ pub fn record(entry: Entry) -> Result<(), WardenError> {
         p.unwritten.len() >= MAX_BUFFERED
     };
     if full {
-        flush()?;
+        flush(None)?;
     }
     Ok(())
 }
@@ -269,51 +269,66 @@ pub fn key_event(
     })
 }
 
-/// Writes the buffered entries (as the trail's owner) in one INSERT.
-pub fn flush() -> Result<(), WardenError> {
+/// Writes the buffered entries (as the trail's owner) in one INSERT: when
+/// the buffer is full, and at commit (with the seals, in the same
+/// statement).
+fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
     let (txid, batch) = match &mut *PENDING.borrow_mut() {
-        Some(p) if !p.unwritten.is_empty() => (p.txid, std::mem::take(&mut p.unwritten)),
-        _ => return Ok(()),
+        Some(p) => (p.txid, std::mem::take(&mut p.unwritten)),
+        None => return Ok(()),
     };
-    let mut columns = Columns::default();
+    let mut c = Columns::default();
     for e in &batch {
-        columns.at.push(
+        c.at.push(
             TimestampWithTimeZone::try_from(e.at)
                 .map_err(|e| WardenError::Internal(e.to_string()))?,
         );
-        columns.txn_seq.push(e.txn_seq);
-        columns.workspace.push(e.workspace.map(Uuid::from_bytes));
-        columns.actor.push(e.actor.map(Uuid::from_bytes));
-        columns.db_role.push(Some(e.db_role.clone()));
-        columns.action.push(Some(e.action.clone()));
-        columns.target.push(e.target.clone());
-        columns.row_key.push(e.row_key.clone());
-        columns.old_values.push(e.old_values.clone());
-        columns.new_values.push(e.new_values.clone());
-        columns.detail.push(e.detail.clone());
-        columns.mac.push(e.mac.to_vec());
+        c.txn_seq.push(e.txn_seq);
+        c.workspace.push(e.workspace.map(Uuid::from_bytes));
+        c.actor.push(e.actor.map(Uuid::from_bytes));
+        c.db_role.push(Some(e.db_role.clone()));
+        c.action.push(Some(e.action.clone()));
+        c.target.push(e.target.clone());
+        c.row_key.push(e.row_key.clone());
+        c.old_values.push(e.old_values.clone());
+        c.new_values.push(e.new_values.clone());
+        c.detail.push(e.detail.clone());
+        c.mac.push(e.mac.to_vec());
     }
-    let c = columns;
-    as_extension_owner(|| {
-        execute(
-            INSERT_ENTRIES,
-            &[
-                txid.into(),
-                c.at.into(),
-                c.txn_seq.into(),
-                c.workspace.into(),
-                c.actor.into(),
-                c.db_role.into(),
-                c.action.into(),
-                c.target.into(),
-                c.row_key.into(),
-                c.old_values.into(),
-                c.new_values.into(),
-                c.detail.into(),
-                c.mac.into(),
-            ],
-        )
-    })?;
+    let mut args = vec![
+        txid.into(),
+        c.at.into(),
+        c.txn_seq.into(),
+        c.workspace.into(),
+        c.actor.into(),
+        c.db_role.into(),
+        c.action.into(),
+        c.target.into(),
+        c.row_key.into(),
+        c.old_values.into(),
+        c.new_values.into(),
+        c.detail.into(),
+        c.mac.into(),
+    ];
+    let query = match seals {
+        Some(seals) => {
+            args.extend([
+                seals.workspace.into(),
+                seals.entries.into(),
+                seals.mac.into(),
+            ]);
+            format!(
+                "WITH written AS ({INSERT_ENTRIES} RETURNING 1)
+                 INSERT INTO warden.audit_seals (workspace_id, txid, entries, mac)
+                 SELECT s.workspace_id, $1, s.entries, s.mac
+                   FROM ROWS FROM (pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($16))
+                        AS s(workspace_id, entries, mac)"
+            )
+        }
+        None if batch.is_empty() => return Ok(()),
+        None => INSERT_ENTRIES.to_string(),
+    };
+    as_extension_owner(|| execute(&query, &args))?;
     if let Some(p) = &mut *PENDING.borrow_mut() {
         p.written.extend(batch.into_iter().map(|e| Written {
             workspace: e.workspace,
@@ -323,6 +338,14 @@ pub fn flush() -> Result<(), WardenError> {
         }));
     }
     Ok(())
+}
+
+/// One seal per workspace, as column arrays.
+#[derive(Default)]
+struct SealColumns {
+    workspace: Vec<Option<Uuid>>,
+    entries: Vec<i32>,
+    mac: Vec<Vec<u8>>,
 }
 
 /// The buffered entries as column arrays, for one INSERT ... unnest.
@@ -438,8 +461,11 @@ impl Block {
     }
 }
 
-/// Just before commit: writes what is still buffered, then seals this
-/// transaction's entries, per workspace, and chains what has settled.
+/// Just before commit: writes what is still buffered and the seals, one
+/// per workspace (in one statement, without any lock: concurrent writers in
+/// a workspace never wait for each other). Then, if no other transaction is
+/// chaining that workspace right now (a try-lock, never a wait), the seals
+/// of every transaction that has finished are appended to its chain.
 pub fn seal_transaction() -> Result<(), WardenError> {
     if PENDING.borrow().is_none() {
         return Ok(());
@@ -448,41 +474,54 @@ pub fn seal_transaction() -> Result<(), WardenError> {
     // SAFETY: pushed and popped around our queries; an error aborts the
     // transaction, which clears the snapshot stack.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    let sealed = flush().and_then(|()| seal_workspaces());
+    let sealed = seal_and_chain();
     unsafe { pg_sys::PopActiveSnapshot() };
     sealed
 }
 
-/// A seal per workspace, written without any lock: concurrent writers in a
-/// workspace never wait for each other. Then, if no other transaction is
-/// chaining that workspace right now (a try-lock, never a wait), the seals
-/// of every transaction that has finished are appended to its chain.
-fn seal_workspaces() -> Result<(), WardenError> {
-    let Some(pending) = PENDING.borrow_mut().take() else {
-        return Ok(());
-    };
+fn seal_and_chain() -> Result<(), WardenError> {
     let keys = master::current()?;
-    let mut written = pending.written;
-    written.sort_by_key(|w| (w.workspace, w.txn_seq));
+    let seals = {
+        let pending = PENDING.borrow();
+        let Some(p) = pending.as_ref() else {
+            return Ok(());
+        };
+        let mut all: Vec<(Option<[u8; 16]>, i32, [u8; MAC_LEN])> = p
+            .written
+            .iter()
+            .map(|w| (w.workspace, w.txn_seq, w.mac))
+            .chain(p.unwritten.iter().map(|e| (e.workspace, e.txn_seq, e.mac)))
+            .collect();
+        all.sort_by_key(|(ws, seq, _)| (*ws, *seq));
+        let mut seals = SealColumns::default();
+        for chunk in all.chunk_by(|a, b| a.0 == b.0) {
+            let macs: Vec<Vec<u8>> = chunk.iter().map(|(_, _, m)| m.to_vec()).collect();
+            seals.workspace.push(chunk[0].0.map(Uuid::from_bytes));
+            seals.entries.push(macs.len() as i32);
+            seals
+                .mac
+                .push(seal_mac(&keys.audit, chunk[0].0, p.txid, &macs).to_vec());
+        }
+        seals
+    };
+    if seals.workspace.is_empty() {
+        *PENDING.borrow_mut() = None;
+        return Ok(());
+    }
+    let workspaces: Vec<Option<[u8; 16]>> = seals
+        .workspace
+        .iter()
+        .map(|w| w.map(|u| *u.as_bytes()))
+        .collect();
+    flush(Some(seals))?;
+    *PENDING.borrow_mut() = None;
     // Another transaction's view of the last block could be stale outside
     // READ COMMITTED: chain only there (others will).
     // SAFETY: plain backend global.
     let read_committed = unsafe { pg_sys::XactIsoLevel } <= pg_sys::XACT_READ_COMMITTED as i32;
-    for chunk in written.chunk_by(|a, b| a.workspace == b.workspace) {
-        let workspace = chunk[0].workspace;
-        let macs: Vec<Vec<u8>> = chunk.iter().map(|w| w.mac.to_vec()).collect();
-        let mac = seal_mac(&keys.audit, workspace, pending.txid, &macs);
-        as_extension_owner(|| {
-            execute(
-                "INSERT INTO warden.audit_seals (workspace_id, txid, entries, mac) VALUES ($1, $2, $3, $4)",
-                &[
-                    workspace.map(Uuid::from_bytes).into(),
-                    pending.txid.into(),
-                    (macs.len() as i32).into(),
-                    mac.to_vec().into(),
-                ],
-            )?;
-            if read_committed && due_to_chain() {
+    if read_committed && due_to_chain() {
+        for workspace in workspaces {
+            as_extension_owner(|| {
                 let locked = select_one::<bool>(
                     "SELECT pg_catalog.pg_try_advisory_xact_lock($1)",
                     &[chain_lock_key(workspace).into()],
@@ -490,9 +529,9 @@ fn seal_workspaces() -> Result<(), WardenError> {
                 if locked == Some(true) {
                     chain(&keys.audit, workspace)?;
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
+        }
     }
     Ok(())
 }
