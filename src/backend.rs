@@ -45,28 +45,31 @@ pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Resu
     f()
 }
 
-/// The owner of pg_warden's tables, looked up once per transaction (it only
-/// changes with `ALTER ... OWNER`, which a transaction boundary covers).
+/// The owner of pg_warden's tables. Cached per backend, keyed by the OID of
+/// `warden.memberships` (a syscache lookup, no query): a re-created
+/// extension has new tables and is looked up again.
 fn extension_owner() -> Result<pg_sys::Oid, WardenError> {
-    // SAFETY: reads the current transaction's start time.
-    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    if let Some((seen_in, owner)) = OWNER.get() {
-        if seen_in == xact {
+    // SAFETY: syscache lookups by name; InvalidOid when missing.
+    let table = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"warden".as_ptr(), true);
+        pg_sys::get_relname_relid(c"memberships".as_ptr(), schema)
+    };
+    if let Some((cached_for, owner)) = OWNER.get() {
+        if cached_for == table {
             return Ok(owner);
         }
     }
     let owner = select_one::<pg_sys::Oid>(
-        "SELECT c.relowner FROM pg_catalog.pg_class AS c
-          WHERE c.oid OPERATOR(pg_catalog.=) 'warden.memberships'::pg_catalog.regclass",
-        &[],
+        "SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) $1",
+        &[table.into()],
     )?
-    .ok_or_else(|| WardenError::Internal("warden.memberships has no owner".into()))?;
-    OWNER.set(Some((xact, owner)));
+    .ok_or_else(|| WardenError::Internal("warden.memberships is missing".into()))?;
+    OWNER.set(Some((table, owner)));
     Ok(owner)
 }
 
-/// (transaction start, owner) of the last lookup.
-static OWNER: BackendLocal<std::cell::Cell<Option<(pg_sys::TimestampTz, pg_sys::Oid)>>> =
+/// (memberships table, its owner) of the last lookup.
+static OWNER: BackendLocal<std::cell::Cell<Option<(pg_sys::Oid, pg_sys::Oid)>>> =
     BackendLocal::new(std::cell::Cell::new(None));
 
 /// The user and security context to restore; restores them when dropped,

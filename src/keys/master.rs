@@ -4,8 +4,9 @@
 //!
 //! The key and what is derived from it are cached per backend, keyed by
 //! where the key came from: the setting's value and, for a file, its inode,
-//! size and modification time. A configuration reload that points elsewhere,
-//! or a replaced key file, is therefore picked up at the next use. A command
+//! size and modification time, checked once per transaction. A
+//! configuration reload that points elsewhere,
+//! or a replaced key file, is therefore picked up at the next transaction. A command
 //! is re-run only when `warden.master_key_command` changes (a command can be
 //! slow: a KMS round trip) or in a new backend.
 
@@ -61,7 +62,7 @@ enum Source {
 struct Loaded {
     source: Source,
     keys: Rc<MasterKeys>,
-    /// Start of the statement that last checked `source`.
+    /// Start of the transaction that last checked `source`.
     checked_at: pg_sys::TimestampTz,
 }
 
@@ -96,29 +97,30 @@ pub fn previous() -> Result<Option<MasterKeys>, WardenError> {
 
 /// The keys derived from the current master key, loading it if needed.
 pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
-    // A reload takes effect between statements: check the source once per
-    // statement, not per row.
-    // SAFETY: reads the statement's start time.
-    let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
-    let this_statement = CURRENT
+    // A reload is processed between statements, and a key file
+    // is replaced, not edited in place: check the source once per
+    // transaction, not per row.
+    // SAFETY: reads the transaction's start time.
+    let transaction = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let this_transaction = CURRENT
         .borrow()
         .as_ref()
-        .filter(|l| l.checked_at == statement)
+        .filter(|l| l.checked_at == transaction)
         .map(|l| l.keys.clone());
-    if let Some(keys) = this_statement {
+    if let Some(keys) = this_transaction {
         return Ok(keys);
     }
     let source = locate(&CURRENT_SETTINGS)?;
     let mut current = CURRENT.borrow_mut();
     if let Some(loaded) = current.as_mut().filter(|l| l.source == source) {
-        loaded.checked_at = statement;
+        loaded.checked_at = transaction;
         return Ok(loaded.keys.clone());
     }
     let keys = Rc::new(MasterKeys::derive(read(&source)?));
     *current = Some(Loaded {
         source,
         keys: Rc::clone(&keys),
-        checked_at: statement,
+        checked_at: transaction,
     });
     Ok(keys)
 }
