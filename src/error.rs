@@ -82,6 +82,8 @@ pub enum WardenError {
     NotText,
     #[error("the audit trail is append-only: only warden.purge_audit() deletes from it")]
     AppendOnly,
+    #[error("permission denied, and the denial could not be recorded: {0}")]
+    DenialNotRecorded(&'static str),
     #[error("internal error in pg_warden: {0}")]
     Internal(String),
 }
@@ -119,7 +121,9 @@ impl WardenError {
             | WardenError::NoKeysYet(_)
             | WardenError::WrappedByOtherMasterKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WardenError::NotText => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
-            WardenError::AppendOnly => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            WardenError::AppendOnly | WardenError::DenialNotRecorded(_) => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -6,6 +6,7 @@
 //! subqueries in policies). They are STABLE and PARALLEL SAFE: their answer
 //! depends only on settings, which parallel workers inherit.
 
+use crate::audit;
 use crate::context::{self, as_permission, validate_permission, Context};
 use crate::error::{raise, required, SqlResult, WardenError};
 use crate::gucs::{self, ContextScope};
@@ -92,18 +93,27 @@ fn has_level(min_level: Option<i32>) -> bool {
     current().is_some_and(|c| c.level >= min_level)
 }
 
-/// Raises SQLSTATE 42501 unless the acting role holds `permission`.
-#[pg_extern(stable, parallel_safe)]
+/// Raises SQLSTATE 42501 unless the acting role holds `permission`, and
+/// records the denial in the audit trail so that it outlives the denied
+/// transaction (VOLATILE and PARALLEL UNSAFE for that write).
+#[pg_extern(volatile, parallel_unsafe)]
 fn require(permission: Option<&str>) -> SqlResult<()> {
     let permission = required(permission, "permission")?;
-    match context::current()? {
-        Some(c) if c.check(permission.as_bytes())? => Ok(()),
-        Some(_) => Err(WardenError::PermissionDenied(permission.to_string()).into()),
+    let context = context::current()?;
+    let denied = match &context {
+        Some(c) if c.check(permission.as_bytes())? => return Ok(()),
+        Some(_) => WardenError::PermissionDenied(permission.to_string()),
         None => {
             validate_permission(permission)?;
-            Err(WardenError::PermissionDeniedNoContext(permission.to_string()).into())
+            WardenError::PermissionDeniedNoContext(permission.to_string())
         }
-    }
+    };
+    audit::record_denial(
+        permission,
+        context.as_ref().map(|c| c.workspace_id),
+        context.as_ref().map(|c| c.user_id),
+    )?;
+    Err(denied.into())
 }
 
 // The two helpers a bare policy calls on every row (isolate's

@@ -27,6 +27,9 @@
 //! needs the master key, and a cluster restored with the same master key
 //! verifies.
 
+mod denial;
+pub use denial::record_denial;
+
 use crate::backend::{as_extension_owner, execute, select, select_one, BackendLocal};
 use crate::context;
 use crate::crypto::{fields_mac, Key32, MAC_LEN};
@@ -171,9 +174,15 @@ impl MacFields<'_> {
 
 /// The role name the current user acts as.
 fn current_role_name() -> String {
-    // SAFETY: catalog lookup by this backend's current user id.
+    // SAFETY: reads this backend's current user id.
+    role_name(unsafe { pg_sys::GetUserId() })
+}
+
+/// A role's name (empty if it no longer exists).
+pub fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: catalog lookup by OID; NULL when missing.
     unsafe {
-        let ptr = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
+        let ptr = pg_sys::GetUserNameFromId(role, true);
         if ptr.is_null() {
             String::new()
         } else {
@@ -185,10 +194,21 @@ fn current_role_name() -> String {
 /// Records one entry: computed and MAC'ed now, written at the end of the
 /// statement ([`flush`]) or when the buffer is full.
 pub fn record(entry: Entry) -> Result<(), WardenError> {
-    let keys = master::current()?;
     let (acting, actor) =
         context::with_current(|c| c.map(|c| (c.workspace_id, c.user_id)))?.unzip();
     let workspace = entry.workspace.unwrap_or(acting);
+    record_as(entry, workspace, actor, current_role_name())
+}
+
+/// [`record`] on behalf of another session (a denial, written by a
+/// background worker after the denied session's transaction is gone).
+pub fn record_as(
+    entry: Entry,
+    workspace: Option<[u8; 16]>,
+    actor: Option<[u8; 16]>,
+    db_role: String,
+) -> Result<(), WardenError> {
+    let keys = master::current()?;
     // SAFETY: assign (or return) this transaction's id; read the statement
     // start and the current subtransaction.
     let (txid, at, subxact) = unsafe {
@@ -198,7 +218,6 @@ pub fn record(entry: Entry) -> Result<(), WardenError> {
             pg_sys::GetCurrentSubTransactionId(),
         )
     };
-    let db_role = current_role_name();
     let json = |v: &Option<serde_json::Value>| v.as_ref().map(canonical);
     let full = {
         let mut pending = PENDING.borrow_mut();

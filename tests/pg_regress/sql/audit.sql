@@ -129,6 +129,18 @@ SELECT warden.disable_audit('public.cards');   -- idempotent
 SELECT count(*) AS audit_triggers FROM pg_trigger WHERE tgrelid = 'public.cards'::regclass;
 RESET ROLE;
 
+-- A denial stays in the trail although the denied transaction rolls back.
+SET ROLE regress_app;
+BEGIN;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
+SELECT regress.error_of($$SELECT warden.require('cards.destroy')$$);
+ROLLBACK;
+RESET ROLE;
+SELECT workspace_id, actor, db_role, action, target, detail
+  FROM warden.audit_log WHERE action = 'permission.denied';
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+
 -- Purge: whole transactions older than the cut-off go, a mark stays, and
 -- the rest still verifies.
 SET ROLE regress_admin;
