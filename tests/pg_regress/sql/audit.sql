@@ -25,6 +25,9 @@ SELECT tgname, tgtype, pg_get_triggerdef(oid) LIKE '%audit_row(''pk=workspace_id
   FROM pg_trigger WHERE tgrelid = 'public.cards'::regclass ORDER BY 1;
 SELECT regress.error_of($$SELECT warden.enable_audit('public.cards', '{nope}')$$);
 SELECT regress.error_of($$SELECT warden.enable_audit(NULL)$$);
+SELECT regress.error_of($$SELECT warden.enable_audit('public.cards', NULL)$$);
+SELECT regress.error_of($$SELECT warden.disable_audit(NULL)$$);
+SELECT regress.error_of($$SELECT warden.enable_audit('public.no_such_table')$$);
 GRANT ALL ON public.cards, public.notes TO regress_app;
 RESET ROLE;
 
@@ -73,6 +76,8 @@ SELECT (new_values->>'token') LIKE '\\x5744%' AS ciphertext_logged
 SELECT regress.error_of('DELETE FROM warden.audit_log');
 SELECT regress.error_of('UPDATE warden.audit_log SET action = $$x$$');
 SELECT regress.error_of($$SELECT warden.verify_audit()$$);
+SELECT regress.error_of($$SELECT warden.log_event(NULL, 'x')$$);
+SELECT regress.error_of($$SELECT warden.require('not a permission')$$);
 COMMIT;
 RESET ROLE;
 

@@ -140,6 +140,9 @@ SELECT warden.shred_workspace('bbbbbbbb-0000-4000-8000-000000000000');
 SELECT kind, version, state FROM warden.key_status('bbbbbbbb-0000-4000-8000-000000000000');
 SELECT regress.error_of($$SELECT warden.rotate_workspace_key('bbbbbbbb-0000-4000-8000-000000000000')$$);
 SELECT regress.error_of($$SELECT warden.shred_workspace(NULL)$$);
+SELECT regress.error_of($$SELECT warden.rotate_workspace_key(NULL)$$);
+SELECT regress.error_of($$SELECT * FROM warden.key_status(NULL)$$);
+SELECT * FROM warden.envelope_info(NULL);
 -- Nothing was wrapped under another master key.
 SELECT warden.rewrap_keys() AS rewrapped;
 SET ROLE regress_app;

@@ -117,6 +117,9 @@ SELECT regress.error_of($$SELECT warden.isolate(NULL)$$);
 SELECT regress.error_of($$SELECT warden.protect('public."Invoice Items"', 'Bad Resource')$$);
 SELECT regress.error_of($$SELECT warden.protect('public."Invoice Items"', NULL)$$);
 SELECT regress.error_of($$SELECT warden.isolate('no_such_table')$$);
+SELECT regress.error_of($$SELECT warden.isolate_user(NULL)$$);
+SELECT regress.error_of($$SELECT warden.isolate_user('public."Invoice Items"', 'note')$$);
+SELECT regress.error_of($$SELECT warden.protect(NULL, 'invoices')$$);
 GRANT SELECT, INSERT, UPDATE, DELETE ON public."Invoice Items" TO regress_app;
 RESET ROLE;
 -- Rows for both workspaces, written around RLS by the superuser.
