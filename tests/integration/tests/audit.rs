@@ -156,3 +156,35 @@ fn a_restored_trail_still_verifies() {
         [(Some(WS_A.to_string()), 35, true)]
     );
 }
+
+#[test]
+fn a_denial_outlives_the_denied_transaction() {
+    setup("audit_denial");
+    let mut a = app("audit_denial", WS_A, USER_A);
+    let mut tx = a.transaction().unwrap();
+    let err = tx
+        .execute("SELECT warden.require('events.purge')", &[])
+        .unwrap_err();
+    assert_eq!(pg_warden_integration::sqlstate(&err), "42501", "{err}");
+    drop(tx); // rolled back
+    let mut admin = cluster().connect("audit_denial", "audit_admin").unwrap();
+    let denials: Vec<(String, String, String)> = admin
+        .query(
+            "SELECT workspace_id::text, db_role, target FROM warden.audit_log
+              WHERE action = 'permission.denied'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        denials,
+        [(
+            WS_A.to_string(),
+            "audit_app".to_string(),
+            "events.purge".to_string()
+        )]
+    );
+    assert_eq!(verify("audit_denial"), [(Some(WS_A.to_string()), 1, true)]);
+}
