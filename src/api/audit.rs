@@ -8,7 +8,7 @@ extension_sql_file!(
     requires = ["helpers", audit_append_only]
 );
 
-use crate::api::policies::Table;
+use crate::api::policies::{column_type, table_sql, Table};
 use crate::audit::{self, Entry};
 use crate::error::{raise, required, SqlResult, WardenError};
 use pgrx::prelude::*;
@@ -196,23 +196,11 @@ fn enable_audit(
     tbl: Option<Table>,
     redact: default!(Option<Vec<String>>, "'{}'"),
 ) -> SqlResult<()> {
-    let tbl = required(tbl, "tbl")?.oid();
+    let tbl = required(tbl, "tbl")?;
     let redact = required(redact, "redact")?;
-    let table = Spi::get_one_with_args::<String>(
-        "SELECT $1::pg_catalog.regclass::pg_catalog.text",
-        &[tbl.into()],
-    )
-    .map_err(WardenError::from)?
-    .unwrap_or_default();
+    let table = table_sql(&tbl)?;
     for column in &redact {
-        let exists = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
-                             WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
-            &[tbl.into(), column.as_str().into()],
-        )
-        .map_err(WardenError::from)?
-        .unwrap_or(false);
-        if !exists {
+        if column_type(&tbl, column)?.is_none() {
             return Err(WardenError::UndefinedColumn {
                 table,
                 column: column.clone(),
@@ -228,7 +216,7 @@ fn enable_audit(
               WHERE i.indrelid = $1 AND i.indisprimary
               ORDER BY array_position(i.indkey::int2[], a.attnum)",
             None,
-            &[tbl.into()],
+            &[tbl.oid().into()],
         )? {
             out.push(row.get::<String>(1)?.unwrap_or_default());
         }
@@ -245,7 +233,7 @@ fn enable_audit(
     )
     .map_err(WardenError::from)?
     .unwrap_or_default();
-    disable_audit(Some(Table::from_oid(tbl)))?;
+    drop_audit_triggers(&tbl, &table)?;
     Spi::run(&format!(
         "CREATE TRIGGER warden_audit AFTER INSERT OR UPDATE OR DELETE ON {table}
              FOR EACH ROW EXECUTE FUNCTION warden.audit_row({args});
@@ -260,22 +248,20 @@ fn enable_audit(
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn disable_audit(tbl: Option<Table>) -> SqlResult<()> {
-    let tbl = required(tbl, "tbl")?.oid();
-    let table = Spi::get_one_with_args::<String>(
-        "SELECT $1::pg_catalog.regclass::pg_catalog.text",
-        &[tbl.into()],
-    )
-    .map_err(WardenError::from)?
-    .unwrap_or_default();
+    let tbl = required(tbl, "tbl")?;
+    let table = table_sql(&tbl)?;
+    Ok(drop_audit_triggers(&tbl, &table)?)
+}
+
+fn drop_audit_triggers(tbl: &Table, table: &str) -> Result<(), WardenError> {
     for name in ["warden_audit", "warden_audit_truncate"] {
         let exists = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
-            &[tbl.into(), name.into()],
-        )
-        .map_err(WardenError::from)?
+            &[tbl.oid().into(), name.into()],
+        )?
         .unwrap_or(false);
         if exists {
-            Spi::run(&format!("DROP TRIGGER {name} ON {table}")).map_err(WardenError::from)?;
+            Spi::run(&format!("DROP TRIGGER {name} ON {table}"))?;
         }
     }
     Ok(())

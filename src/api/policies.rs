@@ -65,10 +65,6 @@ impl Table {
     pub fn oid(&self) -> pg_sys::Oid {
         self.0
     }
-
-    pub fn from_oid(oid: pg_sys::Oid) -> Table {
-        Table(oid)
-    }
 }
 
 impl FromDatum for Table {
@@ -95,7 +91,7 @@ pgrx::impl_sql_translatable!(Table, arg_only = "regclass");
 
 /// The table's name as SQL text (`regclass` output: qualified when not on
 /// the search_path, and quoted as needed).
-fn table_sql(tbl: &Table) -> Result<String, WardenError> {
+pub(crate) fn table_sql(tbl: &Table) -> Result<String, WardenError> {
     Spi::get_one_with_args::<String>(
         "SELECT $1::pg_catalog.regclass::pg_catalog.text",
         &[tbl.0.into()],
@@ -103,16 +99,21 @@ fn table_sql(tbl: &Table) -> Result<String, WardenError> {
     .ok_or_else(|| WardenError::Internal("regclass output is NULL".into()))
 }
 
-/// Checks that `column` exists on the table and is a uuid; returns it quoted.
-fn uuid_column_sql(tbl: &Table, table: &str, column: &str) -> Result<String, WardenError> {
-    let found = Spi::get_one_with_args::<String>(
+/// The type of a column of the table (`format_type`), or `None` if it has
+/// no such column.
+pub(crate) fn column_type(tbl: &Table, column: &str) -> Result<Option<String>, WardenError> {
+    Ok(Spi::get_one_with_args::<String>(
         "SELECT (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod)
                    FROM pg_catalog.pg_attribute AS a
                   WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0
                     AND NOT a.attisdropped)",
         &[tbl.0.into(), column.into()],
-    )?;
-    match found.as_deref() {
+    )?)
+}
+
+/// Checks that `column` exists on the table and is a uuid; returns it quoted.
+fn uuid_column_sql(tbl: &Table, table: &str, column: &str) -> Result<String, WardenError> {
+    match column_type(tbl, column)?.as_deref() {
         None => Err(WardenError::UndefinedColumn {
             table: table.into(),
             column: column.into(),
