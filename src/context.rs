@@ -275,7 +275,8 @@ fn session_identity() -> (String, String) {
     }
 }
 
-fn uuid_from_hex(s: &str) -> Option<[u8; 16]> {
+/// A UUID from 32 hexadecimal characters (the token and worker encoding).
+pub fn uuid_from_hex(s: &str) -> Option<[u8; 16]> {
     let mut out = [0u8; 16];
     hex::decode_to_slice(s, &mut out).ok().map(|_| out)
 }

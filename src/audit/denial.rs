@@ -7,6 +7,7 @@
 //! the worker costs a few milliseconds.
 
 use super::{record_as, role_name, Entry};
+use crate::context::uuid_from_hex;
 use crate::error::WardenError;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
@@ -57,10 +58,7 @@ pub extern "C-unwind" fn warden_record_denial(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(database, None);
     let extra = BackgroundWorker::get_extra().to_string();
     let mut parts = extra.splitn(4, '|');
-    let uuid = |s: Option<&str>| -> Option<[u8; 16]> {
-        let mut out = [0u8; 16];
-        hex::decode_to_slice(s?, &mut out).ok().map(|_| out)
-    };
+    let uuid = |s: Option<&str>| s.and_then(uuid_from_hex);
     let (workspace, actor) = (uuid(parts.next()), uuid(parts.next()));
     let role = parts
         .next()
