@@ -394,6 +394,32 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Context>) -> R) -> Result<R, Warde
     Ok(f(ctx.as_deref()))
 }
 
+/// Calls `f` with the acting context as [`with_current`] does, and says
+/// whether the answer may be memoized until the setting is next assigned:
+/// `Some(generation)` when the context came from `warden.context` (which
+/// only an assignment changes), `None` when there is no verified context
+/// (e.g. PostgREST claims, which change without our assign hook seeing it).
+pub fn with_current_memo<R>(
+    f: impl FnOnce(Option<&Context>) -> R,
+) -> Result<(R, Option<u64>), WardenError> {
+    let answer = with_current(f)?;
+    let generation = ASSIGNMENTS.get();
+    let cache = CACHE.borrow();
+    let memo = cache
+        .as_ref()
+        .filter(|v| v.generation == generation && v.context.is_some())
+        .map(|_| generation);
+    Ok((answer, memo))
+}
+
+/// Whether a memo taken at `generation` (see [`with_current_memo`]) still
+/// holds: the setting has not been assigned since. One load and compare,
+/// for the bare policy helpers' per-row path.
+#[inline]
+pub fn memo_holds(generation: u64) -> bool {
+    ASSIGNMENTS.get() == generation
+}
+
 /// Claims resolved in this transaction (cleared at its end).
 static CLAIMS: BackendLocal<RefCell<Option<Verified>>> = BackendLocal::new(RefCell::new(None));
 

@@ -132,9 +132,7 @@ pub unsafe extern "C-unwind" fn warden_current_workspace_id(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     // SAFETY: fcinfo is the call's, from the function manager.
-    let workspace = context::with_current(|c| c.map(|c| c.workspace_id));
-    // SAFETY: fcinfo is the call's.
-    unsafe { return_uuid(fcinfo, workspace.unwrap_or_else(|e| raise(e))) }
+    unsafe { uuid_helper(fcinfo, |c| c.workspace_id) }
 }
 
 /// `warden.current_user_id() RETURNS uuid`: the acting user, or NULL.
@@ -143,10 +141,8 @@ pub unsafe extern "C-unwind" fn warden_current_workspace_id(
 pub unsafe extern "C-unwind" fn warden_current_user_id(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    // SAFETY: as above.
-    let user = context::with_current(|c| c.map(|c| c.user_id));
-    // SAFETY: fcinfo is the call's.
-    unsafe { return_uuid(fcinfo, user.unwrap_or_else(|e| raise(e))) }
+    // SAFETY: fcinfo is the call's, from the function manager.
+    unsafe { uuid_helper(fcinfo, |c| c.user_id) }
 }
 
 /// `warden.can(permission text) RETURNS boolean`: whether the acting role
@@ -154,6 +150,15 @@ pub unsafe extern "C-unwind" fn warden_current_user_id(
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn warden_can(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: fcinfo and its flinfo are the call's; fn_extra is ours alone
+    // and, when set, a Memo<bool> taken for this call site's constant
+    // argument (see below).
+    unsafe {
+        let memo = (*(*fcinfo).flinfo).fn_extra.cast::<Memo<bool>>();
+        if !memo.is_null() && context::memo_holds((*memo).generation) {
+            return pg_sys::Datum::from((*memo).value);
+        }
+    }
     // SAFETY: declared with one text argument; detoasted only when stored
     // compressed or out of line (a policy's constant never is).
     let permission = unsafe {
@@ -170,34 +175,83 @@ pub unsafe extern "C-unwind" fn warden_can(fcinfo: pg_sys::FunctionCallInfo) -> 
             varlena::varsize_any_exhdr(text),
         )
     };
-    let answer = context::with_current(|c| match c {
+    let (answer, generation) = context::with_current_memo(|c| match c {
         Some(c) => c.check(permission),
         None => as_permission(permission).map(|_| false),
-    });
-    pg_sys::Datum::from(answer.and_then(|a| a).unwrap_or_else(|e| raise(e)))
+    })
+    .unwrap_or_else(|e| raise(e));
+    let answer = answer.unwrap_or_else(|e| raise(e));
+    // Memoize per call site only when the argument cannot differ between
+    // calls (a constant, as in every generated policy).
+    // SAFETY: as above; the memo lives in fn_mcxt, as long as fn_extra.
+    unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        if let Some(generation) = generation {
+            if pg_sys::get_fn_expr_arg_stable(flinfo, 0) {
+                let mut memo = (*flinfo).fn_extra.cast::<Memo<bool>>();
+                if memo.is_null() {
+                    memo = pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, size_of::<Memo<bool>>())
+                        .cast();
+                    (*flinfo).fn_extra = memo.cast();
+                }
+                memo.write(Memo {
+                    generation,
+                    value: answer,
+                });
+            }
+        }
+    }
+    pg_sys::Datum::from(answer)
 }
 
-/// Returns a uuid or NULL. The 16 bytes live in the function's own memory
-/// (`fn_extra`, allocated in `fn_mcxt`, which lasts as long as the query's
-/// use of this call site) and are reused while the value stays the same:
-/// results are read or copied by the executor, never freed, and a changed
-/// value gets a fresh buffer, so an earlier result is never overwritten.
-unsafe fn return_uuid(fcinfo: pg_sys::FunctionCallInfo, value: Option<[u8; 16]>) -> pg_sys::Datum {
-    // SAFETY: fcinfo and its flinfo are the call's; fn_extra is ours alone.
+/// A helper's answer at one call site (`fn_extra`), valid while the
+/// context setting keeps the generation it was taken at (see
+/// `context::with_current_memo`): a bare policy calls the helpers once per
+/// row, and this makes every call after the first a load and a compare.
+#[repr(C)]
+struct Memo<T> {
+    generation: u64,
+    value: T,
+}
+
+/// `current_workspace_id` / `current_user_id`: a uuid or NULL. The 16
+/// bytes live in the call site's memo (`fn_extra`, allocated in `fn_mcxt`,
+/// which lasts as long as the query's use of this call site) and are
+/// returned by reference: results are read or copied by the executor,
+/// never freed, and a changed value gets a fresh memo, so an earlier
+/// result is never overwritten.
+unsafe fn uuid_helper(
+    fcinfo: pg_sys::FunctionCallInfo,
+    field: impl FnOnce(&Context) -> [u8; 16],
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo and its flinfo are the call's; fn_extra is ours alone
+    // and, when set, a Memo<[u8; 16]>.
     unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        let memo = (*flinfo).fn_extra.cast::<Memo<[u8; 16]>>();
+        if !memo.is_null() && context::memo_holds((*memo).generation) {
+            return pg_sys::Datum::from(&raw const (*memo).value);
+        }
+        let (value, generation) =
+            context::with_current_memo(|c| c.map(field)).unwrap_or_else(|e| raise(e));
         let Some(bytes) = value else {
             (*fcinfo).isnull = true;
             return pg_sys::Datum::from(0);
         };
-        let flinfo = (*fcinfo).flinfo;
-        let cached = (*flinfo).fn_extra.cast::<[u8; 16]>();
-        if !cached.is_null() && *cached == bytes {
-            return pg_sys::Datum::from(cached);
+        // Without a memo-able context, the generation can never hold.
+        let generation = generation.unwrap_or(u64::MAX);
+        if !memo.is_null() && (*memo).value == bytes {
+            (*memo).generation = generation;
+            return pg_sys::Datum::from(&raw const (*memo).value);
         }
-        let out = pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, 16).cast::<[u8; 16]>();
-        out.write(bytes);
-        (*flinfo).fn_extra = out.cast();
-        pg_sys::Datum::from(out)
+        let fresh = pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, size_of::<Memo<[u8; 16]>>())
+            .cast::<Memo<[u8; 16]>>();
+        fresh.write(Memo {
+            generation,
+            value: bytes,
+        });
+        (*flinfo).fn_extra = fresh.cast();
+        pg_sys::Datum::from(&raw const (*fresh).value)
     }
 }
 

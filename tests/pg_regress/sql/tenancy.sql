@@ -74,6 +74,33 @@ SELECT regress.error_of('SELECT warden.require(NULL)');
 -- A failed set_context leaves the previous context in place.
 SELECT warden.current_role();
 
+-- The bare helpers remember their answer per call site until the context
+-- is next assigned: a context changed between the rows of one query, or
+-- between the iterations of a PL/pgSQL loop (whose expressions live across
+-- calls), is seen at once.
+SELECT warden.set_context(w, '00000000-0000-4000-8000-00000000e412', false) IS NOT NULL AS set,
+       warden.current_workspace_id() = w AS same_workspace,
+       warden.current_user_id() AS user_id,
+       warden.can('invoices.create') AS can_create
+  FROM unnest(ARRAY['aaaaaaaa-0000-4000-8000-000000000000', 'bbbbbbbb-0000-4000-8000-000000000000',
+                    'aaaaaaaa-0000-4000-8000-000000000000']::uuid[]) WITH ORDINALITY AS t(w, n)
+ ORDER BY n;
+DO $$
+DECLARE
+    w uuid;
+BEGIN
+    FOREACH w IN ARRAY ARRAY['bbbbbbbb-0000-4000-8000-000000000000',
+                             'aaaaaaaa-0000-4000-8000-000000000000']::uuid[] LOOP
+        PERFORM warden.set_context(w, '00000000-0000-4000-8000-00000000e412', false);
+        RAISE NOTICE 'in %: workspace matches %, can create %', w,
+            warden.current_workspace_id() = w, warden.can('invoices.create');
+        PERFORM warden.clear_context();
+        RAISE NOTICE 'cleared: workspace %, can create %',
+            warden.current_workspace_id(), warden.can('invoices.create');
+    END LOOP;
+END
+$$;
+
 -- Writing the setting directly forges nothing.
 SET warden.context = 'v1.7b7d.00';
 SELECT warden.current_workspace_id() IS NULL AS forged_is_no_context;
