@@ -1,5 +1,5 @@
 -- The per-row policy helpers, declared by hand: they are plain V1 C
--- functions (see src/api/authz.rs for why). STABLE and PARALLEL SAFE: they
+-- functions (see src/api/fmgr.rs for why). STABLE and PARALLEL SAFE: they
 -- read only the warden.context setting, which parallel workers inherit.
 CREATE FUNCTION warden.current_workspace_id() RETURNS uuid
     STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'warden_current_workspace_id';
@@ -11,3 +11,17 @@ CREATE FUNCTION warden.can(permission text) RETURNS boolean
     STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'warden_can';
 COMMENT ON FUNCTION warden.can(text) IS
     'pg_warden: whether the acting role holds a resource.action permission';
+
+-- The per-row encryption paths, also plain V1 functions (src/api/encrypt.rs).
+-- VOLATILE: every call draws a fresh nonce. PARALLEL UNSAFE: the first
+-- encryption in a workspace writes its keys. decrypt is STABLE (same input,
+-- same output within a statement) and PARALLEL RESTRICTED like the other
+-- decrypt functions.
+CREATE FUNCTION warden.encrypt(value text, context text DEFAULT NULL) RETURNS bytea
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'warden_encrypt_text';
+COMMENT ON FUNCTION warden.encrypt(text, text) IS
+    'pg_warden: encrypt text under the acting workspace''s current key';
+CREATE FUNCTION warden.decrypt(ciphertext bytea, context text DEFAULT NULL) RETURNS text
+    STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'warden_decrypt';
+COMMENT ON FUNCTION warden.decrypt(bytea, text) IS
+    'pg_warden: decrypt a text or jsonb ciphertext of the acting workspace to text';

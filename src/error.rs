@@ -80,6 +80,8 @@ pub enum WardenError {
     KeyUnwrapFailed,
     #[error("the value is not valid UTF-8 text")]
     NotText,
+    #[error("the value is too large to encrypt: {0} bytes")]
+    TooLarge(usize),
     #[error("the audit trail is append-only: only warden.purge_audit() deletes from it")]
     AppendOnly,
     #[error("permission denied, and the denial could not be recorded: {0}")]
@@ -121,6 +123,7 @@ impl WardenError {
             | WardenError::NoKeysYet(_)
             | WardenError::WrappedByOtherMasterKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WardenError::NotText => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            WardenError::TooLarge(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             WardenError::AppendOnly | WardenError::DenialNotRecorded(_) => {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }

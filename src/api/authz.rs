@@ -6,12 +6,12 @@
 //! subqueries in policies). They are STABLE and PARALLEL SAFE: their answer
 //! depends only on settings, which parallel workers inherit.
 
+use super::fmgr;
 use crate::audit;
 use crate::context::{self, as_permission, validate_permission, Context};
 use crate::error::{raise, required, SqlResult, WardenError};
 use crate::gucs::{self, ContextScope};
 use pgrx::prelude::*;
-use pgrx::varlena;
 use pgrx::Uuid;
 use std::rc::Rc;
 
@@ -116,13 +116,9 @@ fn require(permission: Option<&str>) -> SqlResult<()> {
     Err(denied.into())
 }
 
-// The two helpers a bare policy calls on every row (isolate's
-// current_workspace_id, protect's can; isolate_user's current_user_id) are
-// plain V1 functions rather than #[pg_extern]: pgrx's generic wrapper
-// (memory context switch, argument conversion, error plumbing) costs more
-// per call than everything they do. They still run under #[pg_guard], so a
-// panic or a raised error becomes a PostgreSQL ERROR. Their SQL
-// declarations are in `sql/helpers.sql`.
+// The helpers a bare policy calls on every row (isolate's
+// current_workspace_id, protect's can, isolate_user's current_user_id) are
+// plain V1 functions (see `fmgr.rs`), declared in `sql/helpers.sql`.
 
 /// `warden.current_workspace_id() RETURNS uuid`: the acting workspace, or
 /// NULL without a context.
@@ -159,21 +155,9 @@ pub unsafe extern "C-unwind" fn warden_can(fcinfo: pg_sys::FunctionCallInfo) -> 
             return pg_sys::Datum::from((*memo).value);
         }
     }
-    // SAFETY: declared with one text argument; detoasted only when stored
-    // compressed or out of line (a policy's constant never is).
-    let permission = unsafe {
-        let arg = &(*fcinfo).args.as_slice(1)[0];
-        if arg.isnull {
-            raise(WardenError::NullArgument("permission"));
-        }
-        let mut text = arg.value.cast_mut_ptr::<pg_sys::varlena>();
-        if varlena::varatt_is_4b_c(text) || varlena::varatt_is_1b_e(text) {
-            text = pg_sys::pg_detoast_datum_packed(text);
-        }
-        std::slice::from_raw_parts(
-            varlena::vardata_any(text).cast::<u8>(),
-            varlena::varsize_any_exhdr(text),
-        )
+    // SAFETY: declared with one text argument.
+    let Some(permission) = (unsafe { fmgr::varlena_arg(fcinfo, 0) }) else {
+        raise(WardenError::NullArgument("permission"));
     };
     let (answer, generation) = context::with_current_memo(|c| match c {
         Some(c) => c.check(permission),
@@ -235,8 +219,7 @@ unsafe fn uuid_helper(
         let (value, generation) =
             context::with_current_memo(|c| c.map(field)).unwrap_or_else(|e| raise(e));
         let Some(bytes) = value else {
-            (*fcinfo).isnull = true;
-            return pg_sys::Datum::from(0);
+            return fmgr::return_null(fcinfo);
         };
         // Without a memo-able context, the generation can never hold.
         let generation = generation.unwrap_or(u64::MAX);
@@ -255,17 +238,7 @@ unsafe fn uuid_helper(
     }
 }
 
-/// Version-1 calling convention records the function manager asks for.
-macro_rules! v1_function_info {
-    ($($finfo:ident),*) => {$(
-        #[no_mangle]
-        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-    )*};
-}
-v1_function_info!(
+fmgr::v1_function_info!(
     pg_finfo_warden_current_workspace_id,
     pg_finfo_warden_current_user_id,
     pg_finfo_warden_can

@@ -8,25 +8,31 @@
 //! Invoker rights: keys are read as the extension's owner inside, so the
 //! per-row path pays no SECURITY DEFINER overhead.
 
+use super::fmgr;
 use crate::backend::BackendLocal;
 use crate::context;
-use crate::crypto::{self, envelope, EnvelopeHeader, NonceGenerator, PayloadType};
+use crate::crypto::{
+    self, envelope, DataKey, Envelope, EnvelopeHeader, FreshNonce, NonceGenerator, PayloadType,
+    ENVELOPE_OVERHEAD,
+};
 use crate::error::{raise, SqlResult, WardenError};
 use crate::keys::workspace;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use std::cell::RefCell;
+use std::rc::Rc;
+use zeroize::Zeroize;
 
 /// The acting workspace; encryption needs one.
 fn acting_workspace() -> Result<[u8; 16], WardenError> {
     context::with_current(|c| c.map(|c| c.workspace_id))?.ok_or(WardenError::NoContext)
 }
 
-fn seal(
+/// What sealing a new value of `payload` under the acting workspace's
+/// current key needs: the key, the header, a fresh nonce.
+fn prepare_seal(
     payload: PayloadType,
-    plaintext: &[u8],
-    context: Option<&str>,
-) -> Result<Vec<u8>, WardenError> {
+) -> Result<(Rc<DataKey>, EnvelopeHeader, FreshNonce), WardenError> {
     let ws = acting_workspace()?;
     let (version, key) = workspace::current_data_key(&ws)?;
     let header = EnvelopeHeader::new(payload, ws, version);
@@ -34,13 +40,36 @@ fn seal(
     let nonce = NONCES
         .borrow_mut()
         .next(unsafe { pg_sys::MyProcPid } as u32)?;
+    Ok((key, header, nonce))
+}
+
+fn seal(
+    payload: PayloadType,
+    plaintext: &[u8],
+    context: Option<&[u8]>,
+) -> Result<Vec<u8>, WardenError> {
+    let (key, header, nonce) = prepare_seal(payload)?;
     Ok(envelope::seal_with(
-        &key,
-        &header,
-        plaintext,
-        context.map(str::as_bytes),
-        nonce,
+        &key, &header, plaintext, context, nonce,
     )?)
+}
+
+/// [`seal`] straight into a new `bytea` in the current memory context (the
+/// per-row path: one allocation, no copy).
+fn seal_to_bytea(
+    payload: PayloadType,
+    plaintext: &[u8],
+    context: Option<&[u8]>,
+) -> Result<*mut pg_sys::varlena, WardenError> {
+    let len = ENVELOPE_OVERHEAD + plaintext.len();
+    if len > fmgr::MAX_VARLENA_DATA {
+        return Err(WardenError::TooLarge(plaintext.len()));
+    }
+    let (key, header, nonce) = prepare_seal(payload)?;
+    // SAFETY: inside a function call; len checked above.
+    let (bytea, out) = unsafe { fmgr::new_varlena(len) };
+    envelope::seal_into(&key, &header, plaintext, context, nonce, out)?;
+    Ok(bytea)
 }
 
 /// This backend's nonce source (reseeded if it finds itself in another
@@ -48,11 +77,8 @@ fn seal(
 static NONCES: BackendLocal<RefCell<NonceGenerator>> =
     BackendLocal::new(RefCell::new(NonceGenerator::new()));
 
-/// Parses and authenticates a ciphertext of the acting workspace.
-fn open(
-    ciphertext: &[u8],
-    context: Option<&str>,
-) -> Result<(PayloadType, zeroize::Zeroizing<Vec<u8>>), WardenError> {
+/// Parses a ciphertext of the acting workspace and finds its key.
+fn opening(ciphertext: &[u8]) -> Result<(Envelope<'_>, Rc<DataKey>), WardenError> {
     let env = envelope::parse(ciphertext).map_err(|e| WardenError::NotCiphertext(e.to_string()))?;
     let header = *env.header();
     let ws = acting_workspace()?;
@@ -62,9 +88,18 @@ fn open(
         ));
     }
     let key = workspace::data_key(&ws, header.key_version)?;
-    let plaintext = envelope::open_with(&key, &env, context.map(str::as_bytes))
-        .map_err(|_| WardenError::DecryptionFailed)?;
-    Ok((header.payload_type, plaintext))
+    Ok((env, key))
+}
+
+/// Parses and authenticates a ciphertext of the acting workspace.
+fn open(
+    ciphertext: &[u8],
+    context: Option<&[u8]>,
+) -> Result<(PayloadType, zeroize::Zeroizing<Vec<u8>>), WardenError> {
+    let (env, key) = opening(ciphertext)?;
+    let plaintext =
+        envelope::open_with(&key, &env, context).map_err(|_| WardenError::DecryptionFailed)?;
+    Ok((env.header().payload_type, plaintext))
 }
 
 fn expect(
@@ -84,14 +119,23 @@ fn expect(
     }
 }
 
-/// Encrypts text under the acting workspace's current key.
-#[pg_extern(name = "encrypt", volatile, parallel_unsafe)]
-fn encrypt_text(
-    value: Option<&str>,
-    context: default!(Option<&str>, "NULL"),
-) -> SqlResult<Option<Vec<u8>>> {
-    let Some(value) = value else { return Ok(None) };
-    Ok(Some(seal(PayloadType::Text, value.as_bytes(), context)?))
+/// `warden.encrypt(value text, context text DEFAULT NULL) RETURNS bytea`:
+/// encrypts text under the acting workspace's current key. A plain V1
+/// function (see `fmgr.rs`): it runs once per row of an INSERT.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn warden_encrypt_text(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: declared (text, text); fcinfo is the call's.
+    unsafe {
+        let Some(value) = fmgr::varlena_arg(fcinfo, 0) else {
+            return fmgr::return_null(fcinfo);
+        };
+        let context = fmgr::varlena_arg(fcinfo, 1);
+        let bytea = seal_to_bytea(PayloadType::Text, value, context);
+        pg_sys::Datum::from(bytea.unwrap_or_else(|e| raise(e)))
+    }
 }
 
 /// Encrypts bytes. A value that already is a ciphertext is returned
@@ -117,7 +161,11 @@ fn encrypt_bytea(
         }
         return Ok(Some(value.to_vec()));
     }
-    Ok(Some(seal(PayloadType::Bytea, value, context)?))
+    Ok(Some(seal(
+        PayloadType::Bytea,
+        value,
+        context.map(str::as_bytes),
+    )?))
 }
 
 /// Encrypts a jsonb document (its canonical text).
@@ -130,28 +178,53 @@ fn encrypt_jsonb(
         return Ok(None);
     };
     let text = zeroize::Zeroizing::new(value.to_string());
-    Ok(Some(seal(PayloadType::Jsonb, text.as_bytes(), context)?))
+    Ok(Some(seal(
+        PayloadType::Jsonb,
+        text.as_bytes(),
+        context.map(str::as_bytes),
+    )?))
 }
 
-/// Decrypts to text (a text or jsonb ciphertext).
-#[pg_extern(stable, parallel_restricted)]
-fn decrypt(
-    ciphertext: Option<&[u8]>,
-    context: default!(Option<&str>, "NULL"),
-) -> SqlResult<Option<String>> {
-    let Some(ciphertext) = ciphertext else {
-        return Ok(None);
-    };
-    let (payload, plaintext) = open(ciphertext, context)?;
-    expect(
-        payload,
+/// `warden.decrypt(ciphertext bytea, context text DEFAULT NULL) RETURNS
+/// text`: decrypts a text or jsonb ciphertext. A plain V1 function (see
+/// `fmgr.rs`): it runs once per row of a SELECT.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn warden_decrypt(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared (bytea, text); fcinfo is the call's.
+    unsafe {
+        let Some(ciphertext) = fmgr::varlena_arg(fcinfo, 0) else {
+            return fmgr::return_null(fcinfo);
+        };
+        let context = fmgr::varlena_arg(fcinfo, 1);
+        pg_sys::Datum::from(open_to_text(ciphertext, context).unwrap_or_else(|e| raise(e)))
+    }
+}
+
+/// Decrypts straight into a new `text` in the current memory context.
+fn open_to_text(
+    ciphertext: &[u8],
+    context: Option<&[u8]>,
+) -> Result<*mut pg_sys::varlena, WardenError> {
+    let (env, key) = opening(ciphertext)?;
+    // SAFETY: inside a function call; no longer than the ciphertext.
+    let (text, out) = unsafe { fmgr::new_varlena(env.plaintext_len()) };
+    envelope::open_into(&key, &env, context, out).map_err(|_| WardenError::DecryptionFailed)?;
+    let checked = expect(
+        env.header().payload_type,
         &[PayloadType::Text, PayloadType::Jsonb],
         "text",
         "decrypt_bytea",
-    )?;
-    Ok(Some(
-        String::from_utf8(plaintext.to_vec()).map_err(|_| WardenError::NotText)?,
-    ))
+    )
+    .and_then(|()| match std::str::from_utf8(out) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(WardenError::NotText),
+    });
+    if let Err(e) = checked {
+        out.zeroize();
+        return Err(e);
+    }
+    Ok(text)
 }
 
 /// Decrypts to bytes (any ciphertext).
@@ -163,7 +236,9 @@ fn decrypt_bytea(
     let Some(ciphertext) = ciphertext else {
         return Ok(None);
     };
-    Ok(Some(open(ciphertext, context)?.1.to_vec()))
+    Ok(Some(
+        open(ciphertext, context.map(str::as_bytes))?.1.to_vec(),
+    ))
 }
 
 /// Decrypts a jsonb ciphertext.
@@ -175,7 +250,7 @@ fn decrypt_jsonb(
     let Some(ciphertext) = ciphertext else {
         return Ok(None);
     };
-    let (payload, plaintext) = open(ciphertext, context)?;
+    let (payload, plaintext) = open(ciphertext, context.map(str::as_bytes))?;
     expect(payload, &[PayloadType::Jsonb], "jsonb", "decrypt")?;
     let value = serde_json::from_slice(&plaintext).map_err(|_| WardenError::NotText)?;
     Ok(Some(JsonB(value)))
@@ -191,8 +266,8 @@ fn reencrypt(
     let Some(ciphertext) = ciphertext else {
         return Ok(None);
     };
-    let (payload, plaintext) = open(ciphertext, context)?;
-    Ok(Some(seal(payload, &plaintext, context)?))
+    let (payload, plaintext) = open(ciphertext, context.map(str::as_bytes))?;
+    Ok(Some(seal(payload, &plaintext, context.map(str::as_bytes))?))
 }
 
 /// A keyed HMAC of `value` under the workspace's blind-index key, for
@@ -234,3 +309,5 @@ fn envelope_info(
         h.key_version as i64,
     ))
 }
+
+fmgr::v1_function_info!(pg_finfo_warden_encrypt_text, pg_finfo_warden_decrypt);

@@ -4,6 +4,7 @@
 mod audit;
 mod authz;
 mod encrypt;
+mod fmgr;
 mod info;
 mod keys;
 pub(crate) mod policies;

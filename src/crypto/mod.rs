@@ -73,9 +73,9 @@ pub const TAG_LEN: usize = 16;
 
 pub use blind::{blind_index, BLIND_INDEX_LEN};
 pub use envelope::{
-    looks_like_envelope, open, open_with, parse, seal, seal_with, DataKey, Envelope,
-    EnvelopeHeader, PayloadType, ALGORITHM_AES_256_GCM, ENVELOPE_OVERHEAD, FORMAT_VERSION,
-    HEADER_LEN, MAGIC,
+    looks_like_envelope, open, open_into, open_with, parse, seal, seal_into, seal_with, DataKey,
+    Envelope, EnvelopeHeader, PayloadType, ALGORITHM_AES_256_GCM, ENVELOPE_OVERHEAD,
+    FORMAT_VERSION, HEADER_LEN, MAGIC,
 };
 pub use error::CryptoError;
 pub use kdf::{derive_audit_key, derive_kek, derive_seal_key, master_key_id, MASTER_KEY_ID_LEN};
