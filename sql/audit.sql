@@ -70,6 +70,22 @@ CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON warden.audit_blocks
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON warden.audit_blocks
     FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_append_only();
 
+-- Changes to who may do what are recorded too (see audit_access_change in
+-- src/api/audit.rs): memberships in their workspace's chain, roles and
+-- permissions outside any workspace.
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON warden.memberships
+    FOR EACH ROW EXECUTE FUNCTION warden.audit_access_change('memberships');
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON warden.role_permissions
+    FOR EACH ROW EXECUTE FUNCTION warden.audit_access_change('role_permissions');
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON warden.roles
+    FOR EACH ROW EXECUTE FUNCTION warden.audit_access_change('roles');
+CREATE TRIGGER audit_truncate AFTER TRUNCATE ON warden.memberships
+    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();
+CREATE TRIGGER audit_truncate AFTER TRUNCATE ON warden.role_permissions
+    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();
+CREATE TRIGGER audit_truncate AFTER TRUNCATE ON warden.roles
+    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();
+
 -- The tenant view: a warden_user reads its acting workspace's entries; a
 -- warden_admin reads all. (Not FORCEd: pg_warden writes as the owner.)
 ALTER TABLE warden.audit_log ENABLE ROW LEVEL SECURITY;

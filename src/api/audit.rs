@@ -5,7 +5,12 @@
 extension_sql_file!(
     "../../sql/audit.sql",
     name = "audit",
-    requires = ["helpers", audit_append_only]
+    requires = [
+        "helpers",
+        audit_append_only,
+        audit_access_change,
+        audit_truncate
+    ]
 );
 
 use crate::api::policies::{column_type, table_sql, Table};
@@ -161,6 +166,167 @@ fn audit_row<'a>(
     };
     audit::record(entry).unwrap_or_else(|e| raise(e));
     Ok(None)
+}
+
+/// What the access tables' trigger records for each of them (its one
+/// argument names the table).
+struct AccessTable {
+    /// Event names: `<noun>.<added>` / `.changed` / `.<removed>`.
+    noun: &'static str,
+    added: &'static str,
+    removed: &'static str,
+    /// The columns that identify a row (its `row_key`).
+    key: &'static [&'static str],
+    /// The column naming the workspace whose chain (and tenant view) the
+    /// event belongs to; `None`: cluster-wide (roles, permissions).
+    workspace: Option<&'static str>,
+}
+
+const ACCESS_TABLES: &[(&str, AccessTable)] = &[
+    (
+        "memberships",
+        AccessTable {
+            noun: "membership",
+            added: "added",
+            removed: "removed",
+            key: &["workspace_id", "user_id"],
+            workspace: Some("workspace_id"),
+        },
+    ),
+    (
+        "role_permissions",
+        AccessTable {
+            noun: "permission",
+            added: "granted",
+            removed: "revoked",
+            key: &["role", "permission"],
+            workspace: None,
+        },
+    ),
+    (
+        "roles",
+        AccessTable {
+            noun: "role",
+            added: "created",
+            removed: "removed",
+            key: &["name"],
+            workspace: None,
+        },
+    ),
+];
+
+/// Records changes to who may do what: memberships (in the membership's
+/// workspace, so the tenant sees them), role permissions and the role
+/// ladder (outside any workspace). An UPDATE that changes a row's identity
+/// (another workspace, user, role or permission) is recorded as a removal
+/// and an addition; one that changes nothing is not recorded.
+///
+/// Not recorded: rows loaded by a restore. `pg_dump` output and
+/// `pg_restore` run with `row_security = off`; when the table's owner (or
+/// a superuser) writes with that setting, the rows are data coming back,
+/// not changes, and the trail they belong to is being restored beside them
+/// (recording them would collide with it). Those roles could disable the
+/// trigger anyway; `warden_admin` and every other role are always recorded.
+#[pg_trigger]
+fn audit_access_change<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    let data = trigger.trigger_data();
+    let args = trigger.extra_args().unwrap_or_default();
+    let table = ACCESS_TABLES
+        .iter()
+        .find(|(name, _)| args.first().map(String::as_str) == Some(*name))
+        .map(|(_, t)| t)
+        .ok_or_else(|| WardenError::Internal("audit_access_change: unknown table".into()))?;
+    // SAFETY: the firing relation; plain reads of backend globals.
+    let (desc, restoring) = unsafe {
+        let rel = data.tg_relation;
+        let owner = (*(*rel).rd_rel).relowner;
+        let restoring =
+            !pg_sys::row_security && pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner);
+        ((*rel).rd_att, restoring)
+    };
+    if restoring {
+        return Ok(None);
+    }
+    let op = trigger
+        .op()
+        .map_err(|e| WardenError::Internal(e.to_string()))?;
+    let (old, new) = match op {
+        PgTriggerOperation::Insert => (None, Some(row_json(data.tg_trigtuple, desc))),
+        PgTriggerOperation::Delete => (Some(row_json(data.tg_trigtuple, desc)), None),
+        PgTriggerOperation::Update => (
+            Some(row_json(data.tg_trigtuple, desc)),
+            Some(row_json(data.tg_newtuple, desc)),
+        ),
+        PgTriggerOperation::Truncate => {
+            return Err(WardenError::Internal("row-level TRUNCATE".into()))
+        }
+    };
+    let identity = |row: &Map<String, Value>| {
+        let mut id: Vec<Value> = table.key.iter().map(|k| field(row, k)).collect();
+        if let Some(ws) = table.workspace {
+            id.push(field(row, ws));
+        }
+        id
+    };
+    let event = |verb: &str, row: &Map<String, Value>, old, new| -> Result<(), WardenError> {
+        let workspace = match table.workspace {
+            Some(column) => match field(row, column) {
+                Value::String(text) => Some(
+                    crate::context::uuid_from_hex(&text.replace('-', ""))
+                        .ok_or_else(|| WardenError::Internal("malformed workspace id".into()))?,
+                ),
+                _ => None,
+            },
+            None => None,
+        };
+        let row_key = table
+            .key
+            .iter()
+            .map(|k| (k.to_string(), field(row, k)))
+            .collect();
+        audit::record(Entry {
+            workspace: Some(workspace),
+            action: format!("{}.{verb}", table.noun),
+            target: Some(format!("warden.{}", args[0])),
+            row_key: Some(Value::Object(row_key)),
+            old_values: old,
+            new_values: new,
+            detail: None,
+        })
+    };
+    let rest = |row: &Map<String, Value>| {
+        let mut row = row.clone();
+        row.retain(|k, _| !table.key.contains(&k.as_str()) && Some(k.as_str()) != table.workspace);
+        (!row.is_empty()).then_some(Value::Object(row))
+    };
+    match (old, new) {
+        (None, Some(n)) => event(table.added, &n, None, rest(&n))?,
+        (Some(o), None) => event(table.removed, &o, rest(&o), None)?,
+        (Some(o), Some(n)) if identity(&o) != identity(&n) => {
+            event(table.removed, &o, rest(&o), None)?;
+            event(table.added, &n, None, rest(&n))?;
+        }
+        (Some(o), Some(n)) if o != n => {
+            let (mut before, mut after) = (o.clone(), n.clone());
+            before.retain(|k, v| n.get(k) != Some(v));
+            after.retain(|k, v| o.get(k) != Some(v));
+            event(
+                "changed",
+                &n,
+                Some(Value::Object(before)),
+                Some(Value::Object(after)),
+            )?;
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
+/// A column of a row as JSON (NULL if absent).
+fn field(row: &Map<String, Value>, column: &str) -> Value {
+    row.get(column).cloned().unwrap_or(Value::Null)
 }
 
 /// Records a TRUNCATE of an audited table.

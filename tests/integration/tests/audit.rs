@@ -71,13 +71,21 @@ fn concurrent_writers_in_one_workspace_make_one_intact_chain() {
     for t in threads {
         t.join().unwrap();
     }
+    // 1600 rows, and in each workspace the membership the setup added.
     assert_eq!(
         verify("audit_concurrent"),
-        [(Some(WS_A.to_string()), 1600, true)]
+        [
+            (Some(WS_A.to_string()), 1601, true),
+            (Some(WS_B.to_string()), 1, true)
+        ]
     );
     let seals: i64 = cluster()
         .superuser("audit_concurrent")
-        .query_one("SELECT count(*) FROM warden.audit_seals", &[])
+        .query_one(
+            "SELECT count(*) FROM warden.audit_seals
+              WHERE txid IN (SELECT txid FROM warden.audit_log WHERE target = 'public.events')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(seals, 1600, "one seal per committed single-row transaction");
@@ -113,13 +121,13 @@ fn each_workspace_reads_only_its_own_trail() {
         .query_one("SELECT count(*) FROM warden.audit_log", &[])
         .unwrap()
         .get(0);
-    assert_eq!(count, 2);
+    assert_eq!(count, 3, "its membership, its row, its event");
     let mut admin = cluster().connect("audit_tenants", "audit_admin").unwrap();
     let all: i64 = admin
         .query_one("SELECT count(*) FROM warden.audit_log", &[])
         .unwrap()
         .get(0);
-    assert_eq!(all, 4);
+    assert_eq!(all, 6);
 }
 
 #[test]
@@ -141,7 +149,15 @@ fn a_restored_trail_still_verifies() {
     a.execute("DELETE FROM public.events WHERE id % 5 = 0", &[])
         .unwrap();
     let before = verify("audit_dump");
-    assert_eq!(before, [(Some(WS_A.to_string()), 34, true)]);
+    // 20 inserts, 10 updates, 4 deletes, and the memberships of the setup.
+    assert_eq!(
+        before,
+        [
+            (Some(WS_A.to_string()), 35, true),
+            (Some(WS_B.to_string()), 1, true)
+        ]
+    );
+    // The restore loads the memberships without recording them again.
     cluster().dump_and_restore("audit_dump", "audit_restored");
     assert_eq!(verify("audit_restored"), before);
     // And the restored trail keeps growing on the same chain.
@@ -153,7 +169,10 @@ fn a_restored_trail_still_verifies() {
     .unwrap();
     assert_eq!(
         verify("audit_restored"),
-        [(Some(WS_A.to_string()), 35, true)]
+        [
+            (Some(WS_A.to_string()), 36, true),
+            (Some(WS_B.to_string()), 1, true)
+        ]
     );
 }
 
@@ -186,5 +205,73 @@ fn a_denial_outlives_the_denied_transaction() {
             "events.purge".to_string()
         )]
     );
-    assert_eq!(verify("audit_denial"), [(Some(WS_A.to_string()), 1, true)]);
+    assert_eq!(
+        verify("audit_denial"),
+        [
+            (Some(WS_A.to_string()), 2, true),
+            (Some(WS_B.to_string()), 1, true)
+        ]
+    );
+}
+
+#[test]
+fn membership_changes_by_an_administrator_reach_the_tenant_trail() {
+    setup("audit_access");
+    let mut admin = cluster().connect("audit_access", "audit_admin").unwrap();
+    let newcomer = "00000000-0000-4000-8000-0000000000e3";
+    admin
+        .execute(
+            "INSERT INTO warden.memberships VALUES ($1::text::uuid, $2::text::uuid, 'viewer')",
+            &[&WS_A, &newcomer],
+        )
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE warden.memberships SET role = 'manager' WHERE user_id = $1::text::uuid",
+            &[&newcomer],
+        )
+        .unwrap();
+    let mut a = app("audit_access", WS_A, USER_A);
+    let events: Vec<(String, String, Option<String>)> = a
+        .query(
+            "SELECT action, db_role, new_values::text FROM warden.audit_log
+              WHERE row_key->>'user_id' = $1 ORDER BY id",
+            &[&newcomer],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (
+                "membership.added".to_string(),
+                "audit_admin".to_string(),
+                Some(r#"{"role": "viewer"}"#.to_string())
+            ),
+            (
+                "membership.changed".to_string(),
+                "audit_admin".to_string(),
+                Some(r#"{"role": "manager"}"#.to_string())
+            ),
+        ]
+    );
+    // The other tenant sees none of it.
+    let mut b = app("audit_access", WS_B, USER_B);
+    let seen: i64 = b
+        .query_one(
+            "SELECT count(*) FROM warden.audit_log WHERE row_key->>'user_id' = $1",
+            &[&newcomer],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0);
+    assert_eq!(
+        verify("audit_access"),
+        [
+            (Some(WS_A.to_string()), 3, true),
+            (Some(WS_B.to_string()), 1, true)
+        ]
+    );
 }

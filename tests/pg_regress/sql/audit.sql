@@ -110,7 +110,7 @@ DELETE FROM warden.audit_log WHERE id = (SELECT id FROM kept);
 RESET session_replication_role;
 SELECT workspace_id, intact,
        first_broken_id = (SELECT min(id) FROM warden.audit_log
-                           WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000') AS at_its_transaction
+                           WHERE txid = (SELECT txid FROM kept)) AS at_its_transaction
   FROM warden.verify_audit() ORDER BY 1;
 SET session_replication_role = replica;
 INSERT INTO warden.audit_log SELECT * FROM kept;
@@ -144,6 +144,53 @@ ROLLBACK;
 RESET ROLE;
 SELECT workspace_id, actor, db_role, action, target, detail
   FROM warden.audit_log WHERE action = 'permission.denied';
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+
+-- Changes to who may do what are recorded: memberships in their workspace's
+-- chain (the tenant sees them), roles and permissions outside any
+-- workspace. An UPDATE that moves a membership is a removal and an
+-- addition; one that changes nothing is not recorded.
+SET ROLE regress_admin;
+INSERT INTO warden.memberships VALUES
+    ('bbbbbbbb-0000-4000-8000-000000000000', '00000000-0000-4000-8000-00000000e412', 'viewer');
+UPDATE warden.memberships SET role = 'manager' WHERE user_id = '00000000-0000-4000-8000-00000000e412';
+UPDATE warden.memberships SET role = 'manager' WHERE user_id = '00000000-0000-4000-8000-00000000e412';
+UPDATE warden.memberships SET workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000'
+ WHERE user_id = '00000000-0000-4000-8000-00000000e412';
+DELETE FROM warden.memberships WHERE user_id = '00000000-0000-4000-8000-00000000e412';
+INSERT INTO warden.roles VALUES ('auditor', 50);
+UPDATE warden.roles SET level = 55 WHERE name = 'auditor';
+INSERT INTO warden.role_permissions VALUES ('auditor', 'reports.read'), ('auditor', 'audit.*');
+DELETE FROM warden.roles WHERE name = 'auditor';   -- its permissions go with it
+SELECT workspace_id, db_role, action, target, row_key, old_values, new_values
+  FROM warden.audit_log
+ WHERE target IN ('warden.memberships', 'warden.roles', 'warden.role_permissions')
+   AND db_role = 'regress_admin'
+ ORDER BY id;
+RESET ROLE;
+-- The tenant in B sees B's membership events, and nothing of A's or the
+-- cluster's.
+SET ROLE regress_app;
+SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-00000000ca20', false) IS NOT NULL AS set;
+SELECT action, row_key->>'user_id' AS user_id, old_values, new_values
+  FROM warden.audit_log WHERE target = 'warden.memberships' ORDER BY id;
+SELECT warden.clear_context();
+RESET ROLE;
+-- A restore (pg_restore and pg_dump scripts load data with row_security =
+-- off) by the tables' owner or a superuser is not recorded: those rows are
+-- data coming back beside their own trail. Anyone else is recorded with
+-- row_security off too.
+SET row_security = off;
+INSERT INTO warden.memberships VALUES
+    ('bbbbbbbb-0000-4000-8000-000000000000', '00000000-0000-4000-8000-0000000ee001', 'viewer');
+SET ROLE regress_admin;
+INSERT INTO warden.memberships VALUES
+    ('bbbbbbbb-0000-4000-8000-000000000000', '00000000-0000-4000-8000-0000000ee002', 'viewer');
+RESET ROLE;
+RESET row_security;
+SELECT row_key->>'user_id' AS user_id, db_role FROM warden.audit_log
+ WHERE action = 'membership.added' AND row_key->>'user_id' LIKE '%ee00_';
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 
 -- Purge: whole transactions older than the cut-off go, a mark stays, and
