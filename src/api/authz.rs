@@ -120,41 +120,73 @@ fn require(permission: Option<&str>) -> SqlResult<()> {
 // current_workspace_id, protect's can, isolate_user's current_user_id) are
 // plain V1 functions (see `fmgr.rs`), declared in `sql/helpers.sql`.
 
+// Each is an unguarded entry point that answers from the call site's memo
+// (plain loads that cannot panic or raise, see `memo_of`) and otherwise
+// calls a `#[pg_guard]`ed function, where a panic or a raised error becomes
+// a PostgreSQL ERROR.
+
 /// `warden.current_workspace_id() RETURNS uuid`: the acting workspace, or
 /// NULL without a context.
-#[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn warden_current_workspace_id(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    // SAFETY: fcinfo is the call's, from the function manager.
+    // SAFETY: fcinfo is the call's, from the function manager; the memo of
+    // this function is a Memo<[u8; 16]>.
+    unsafe {
+        match memo_of::<[u8; 16]>(fcinfo) {
+            Some(memo) => pg_sys::Datum::from(&raw const (*memo).value),
+            None => current_workspace_id_guarded(fcinfo),
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn current_workspace_id_guarded(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is the call's.
     unsafe { uuid_helper(fcinfo, |c| c.workspace_id) }
 }
 
 /// `warden.current_user_id() RETURNS uuid`: the acting user, or NULL.
-#[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn warden_current_user_id(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    // SAFETY: fcinfo is the call's, from the function manager.
+    // SAFETY: as above.
+    unsafe {
+        match memo_of::<[u8; 16]>(fcinfo) {
+            Some(memo) => pg_sys::Datum::from(&raw const (*memo).value),
+            None => current_user_id_guarded(fcinfo),
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn current_user_id_guarded(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is the call's.
     unsafe { uuid_helper(fcinfo, |c| c.user_id) }
 }
 
 /// `warden.can(permission text) RETURNS boolean`: whether the acting role
 /// holds `permission` (`resource.action`); false without a context.
-#[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn warden_can(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: fcinfo and its flinfo are the call's; fn_extra is ours alone
-    // and, when set, a Memo<bool> taken for this call site's constant
-    // argument (see below).
+    // SAFETY: fcinfo is the call's; the memo of this function is a
+    // Memo<bool>, taken for this call site's constant argument.
     unsafe {
-        let memo = (*(*fcinfo).flinfo).fn_extra.cast::<Memo<bool>>();
-        if !memo.is_null() && context::memo_holds((*memo).generation) {
-            return pg_sys::Datum::from((*memo).value);
+        match memo_of::<bool>(fcinfo) {
+            Some(memo) => pg_sys::Datum::from((*memo).value),
+            None => can_guarded(fcinfo),
         }
     }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn can_guarded(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: declared with one text argument.
     let Some(permission) = (unsafe { fmgr::varlena_arg(fcinfo, 0) }) else {
         raise(WardenError::NullArgument("permission"));
@@ -198,6 +230,21 @@ struct Memo<T> {
     value: T,
 }
 
+/// The call site's memo if it still holds. Only loads and a compare: it
+/// cannot panic or raise, so it runs before any guard.
+///
+/// # Safety
+/// `fcinfo` is the current call's, and its `fn_extra` is NULL or a
+/// `Memo<T>` (each helper stores only its own type there).
+#[inline(always)]
+unsafe fn memo_of<T>(fcinfo: pg_sys::FunctionCallInfo) -> Option<*const Memo<T>> {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let memo = (*(*fcinfo).flinfo).fn_extra.cast::<Memo<T>>();
+        (!memo.is_null() && context::memo_holds((*memo).generation)).then_some(memo.cast_const())
+    }
+}
+
 /// `current_workspace_id` / `current_user_id`: a uuid or NULL. The 16
 /// bytes live in the call site's memo (`fn_extra`, allocated in `fn_mcxt`,
 /// which lasts as long as the query's use of this call site) and are
@@ -213,9 +260,6 @@ unsafe fn uuid_helper(
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         let memo = (*flinfo).fn_extra.cast::<Memo<[u8; 16]>>();
-        if !memo.is_null() && context::memo_holds((*memo).generation) {
-            return pg_sys::Datum::from(&raw const (*memo).value);
-        }
         let (value, generation) =
             context::with_current_memo(|c| c.map(field)).unwrap_or_else(|e| raise(e));
         let Some(bytes) = value else {
