@@ -43,15 +43,14 @@ extern "C-unwind" {
 fn row_json(tuple: *mut pg_sys::HeapTupleData, desc: pg_sys::TupleDesc) -> Map<String, Value> {
     // SAFETY: tuple and descriptor come from the firing trigger; row_to_json
     // reads the row type from the composite datum it is given.
+    // The json text is read in place (row_to_json returns a plain,
+    // uncompressed text in this memory context).
     let text = unsafe {
         let datum = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
         let json = pg_sys::DirectFunctionCall1Coll(Some(row_to_json), pg_sys::InvalidOid, datum);
-        let cstr = pg_sys::text_to_cstring(json.cast_mut_ptr());
-        std::ffi::CStr::from_ptr(cstr)
-            .to_string_lossy()
-            .into_owned()
+        pgrx::varlena::varlena_to_byte_slice(json.cast_mut_ptr())
     };
-    match serde_json::from_str(&text) {
+    match serde_json::from_slice(text) {
         Ok(Value::Object(map)) => map,
         _ => Map::new(),
     }
@@ -351,6 +350,33 @@ fn audit_truncate<'a>(
     };
     audit::record(entry).unwrap_or_else(|e| raise(e));
     Ok(None)
+}
+
+/// Internal: the audit entries a commit (or a full buffer) is writing,
+/// read by the INSERT pg_warden runs as the trail's owner. Returns nothing
+/// anywhere else. Not executable by PUBLIC.
+// pgrx reads the column names from the name!() tuple written out here.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn audit_pending_entries() -> TableIterator<
+    'static,
+    (
+        name!(at, TimestampWithTimeZone),
+        name!(txn_seq, i32),
+        name!(workspace_id, Option<Uuid>),
+        name!(actor, Option<Uuid>),
+        name!(db_role, String),
+        name!(action, String),
+        name!(target, Option<String>),
+        name!(row_key, Option<String>),
+        name!(old_values, Option<String>),
+        name!(new_values, Option<String>),
+        name!(detail, Option<String>),
+        name!(mac, Vec<u8>),
+    ),
+> {
+    // (pgrx generates no SQL for a Result around a TableIterator: raise.)
+    TableIterator::new(audit::take_flushing().unwrap_or_else(|e| raise(e)))
 }
 
 /// Attaches the audit triggers to a table (idempotent: re-run it after

@@ -109,20 +109,12 @@ pub fn purging() -> bool {
 /// MACs are computed over, on write and on verify (after a round trip
 /// through `jsonb`, whose own key order and number spelling differ).
 pub fn canonical(value: &serde_json::Value) -> String {
-    fn sorted(v: &serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(map) => {
-                let ordered: std::collections::BTreeMap<_, _> =
-                    map.iter().map(|(k, v)| (k.clone(), sorted(v))).collect();
-                serde_json::Value::Object(ordered.into_iter().collect())
-            }
-            serde_json::Value::Array(items) => {
-                serde_json::Value::Array(items.iter().map(sorted).collect())
-            }
-            other => other.clone(),
-        }
-    }
-    sorted(value).to_string()
+    // serde_json's Map is a BTreeMap (the crate is built without its
+    // `preserve_order` feature, which nothing in our dependency tree turns
+    // on): serializing sorts keys at every level, with no whitespace. The
+    // #[pg_test] `canonical_json_sorts_keys_at_every_level` fails if that
+    // ever changes.
+    value.to_string()
 }
 
 /// The stored fields of an entry as the MAC sees them.
@@ -290,45 +282,28 @@ pub fn key_event(
 
 /// Writes the buffered entries (as the trail's owner) in one INSERT: when
 /// the buffer is full, and at commit (with the seals, in the same
-/// statement).
+/// statement). The INSERT reads the entries from
+/// `warden.audit_pending_entries()`, which hands over this buffer row by
+/// row (no arrays to build and unnest).
 fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
     let (txid, batch) = match &mut *PENDING.borrow_mut() {
         Some(p) => (p.txid, std::mem::take(&mut p.unwritten)),
         None => return Ok(()),
     };
-    let mut c = Columns::default();
-    for e in &batch {
-        c.at.push(
-            TimestampWithTimeZone::try_from(e.at)
-                .map_err(|e| WardenError::Internal(e.to_string()))?,
-        );
-        c.txn_seq.push(e.txn_seq);
-        c.workspace.push(e.workspace.map(Uuid::from_bytes));
-        c.actor.push(e.actor.map(Uuid::from_bytes));
-        c.db_role.push(Some(e.db_role.clone()));
-        c.action.push(Some(e.action.clone()));
-        c.target.push(e.target.clone());
-        c.row_key.push(e.row_key.clone());
-        c.old_values.push(e.old_values.clone());
-        c.new_values.push(e.new_values.clone());
-        c.detail.push(e.detail.clone());
-        c.mac.push(e.mac.to_vec());
+    if batch.is_empty() && seals.is_none() {
+        return Ok(());
     }
-    let mut args = vec![
-        txid.into(),
-        c.at.into(),
-        c.txn_seq.into(),
-        c.workspace.into(),
-        c.actor.into(),
-        c.db_role.into(),
-        c.action.into(),
-        c.target.into(),
-        c.row_key.into(),
-        c.old_values.into(),
-        c.new_values.into(),
-        c.detail.into(),
-        c.mac.into(),
-    ];
+    let written: Vec<Written> = batch
+        .iter()
+        .map(|e| Written {
+            workspace: e.workspace,
+            txn_seq: e.txn_seq,
+            mac: e.mac,
+            subxact: e.subxact,
+        })
+        .collect();
+    *FLUSHING.borrow_mut() = batch;
+    let mut args = vec![txid.into()];
     let query = match seals {
         Some(seals) => {
             args.extend([
@@ -340,23 +315,65 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
                 "WITH written AS ({INSERT_ENTRIES} RETURNING 1)
                  INSERT INTO warden.audit_seals (workspace_id, txid, entries, mac)
                  SELECT s.workspace_id, $1, s.entries, s.mac
-                   FROM ROWS FROM (pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($16))
+                   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4))
                         AS s(workspace_id, entries, mac)"
             )
         }
-        None if batch.is_empty() => return Ok(()),
         None => INSERT_ENTRIES.to_string(),
     };
-    as_extension_owner(|| execute(&query, &args))?;
+    let result = as_extension_owner(|| execute(&query, &args));
+    // Whatever the INSERT did not take (an error) is dropped with it.
+    FLUSHING.borrow_mut().clear();
+    result?;
     if let Some(p) = &mut *PENDING.borrow_mut() {
-        p.written.extend(batch.into_iter().map(|e| Written {
-            workspace: e.workspace,
-            txn_seq: e.txn_seq,
-            mac: e.mac,
-            subxact: e.subxact,
-        }));
+        p.written.extend(written);
     }
     Ok(())
+}
+
+/// The entries a flush is writing, for `audit_pending_entries()`.
+static FLUSHING: BackendLocal<RefCell<Vec<Ready>>> = BackendLocal::new(RefCell::new(Vec::new()));
+
+/// One entry as `warden.audit_pending_entries()` returns it.
+pub type PendingRow = (
+    TimestampWithTimeZone,
+    i32,
+    Option<Uuid>,
+    Option<Uuid>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Vec<u8>,
+);
+
+/// Hands the entries being flushed to the INSERT that writes them (and
+/// nothing outside a flush).
+pub fn take_flushing() -> Result<Vec<PendingRow>, WardenError> {
+    std::mem::take(&mut *FLUSHING.borrow_mut())
+        .into_iter()
+        .map(|e| {
+            let at = TimestampWithTimeZone::try_from(e.at)
+                .map_err(|err| WardenError::Internal(err.to_string()))?;
+            Ok((
+                at,
+                e.txn_seq,
+                e.workspace.map(Uuid::from_bytes),
+                e.actor.map(Uuid::from_bytes),
+                e.db_role,
+                e.action,
+                e.target,
+                e.row_key,
+                e.old_values,
+                e.new_values,
+                e.detail,
+                e.mac.to_vec(),
+            ))
+        })
+        .collect()
 }
 
 /// One seal per workspace, as column arrays.
@@ -364,23 +381,6 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
 struct SealColumns {
     workspace: Vec<Option<Uuid>>,
     entries: Vec<i32>,
-    mac: Vec<Vec<u8>>,
-}
-
-/// The buffered entries as column arrays, for one INSERT ... unnest.
-#[derive(Default)]
-struct Columns {
-    at: Vec<TimestampWithTimeZone>,
-    txn_seq: Vec<i32>,
-    workspace: Vec<Option<Uuid>>,
-    actor: Vec<Option<Uuid>>,
-    db_role: Vec<Option<String>>,
-    action: Vec<Option<String>>,
-    target: Vec<Option<String>>,
-    row_key: Vec<Option<String>>,
-    old_values: Vec<Option<String>>,
-    new_values: Vec<Option<String>>,
-    detail: Vec<Option<String>>,
     mac: Vec<Vec<u8>>,
 }
 
@@ -394,15 +394,10 @@ pub fn forget_subtransaction(subxact: pg_sys::SubTransactionId) {
 
 const INSERT_ENTRIES: &str = "INSERT INTO warden.audit_log (txid, at, txn_seq, workspace_id, actor,
                                 db_role, action, target, row_key, old_values, new_values, detail, mac)
-     SELECT $1, u.at, u.txn_seq, u.workspace_id, u.actor, u.db_role, u.action, u.target,
-            u.row_key::pg_catalog.jsonb, u.old_values::pg_catalog.jsonb,
-            u.new_values::pg_catalog.jsonb, u.detail::pg_catalog.jsonb, u.mac
-       FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),
-                      pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7),
-                      pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10),
-                      pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13))
-            AS u(at, txn_seq, workspace_id, actor, db_role, action, target, row_key, old_values,
-                 new_values, detail, mac)";
+     SELECT $1, e.at, e.txn_seq, e.workspace_id, e.actor, e.db_role, e.action, e.target,
+            e.row_key::pg_catalog.jsonb, e.old_values::pg_catalog.jsonb,
+            e.new_values::pg_catalog.jsonb, e.detail::pg_catalog.jsonb, e.mac
+       FROM warden.audit_pending_entries() AS e";
 
 const BLOCK_LABEL: &[u8] = b"pg_warden/v1/audit-block";
 
@@ -1007,4 +1002,31 @@ pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
             Ok(deleted)
         })
     })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Entry MACs are computed over this form on write and again on verify
+    /// (after a round trip through jsonb, which orders keys its own way).
+    #[pg_test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let value: serde_json::Value =
+            serde_json::from_str(r#"{"b": 1, "a": {"d": [ {"z": 1, "y": 2} ], "c": "x"}}"#)
+                .unwrap();
+        assert_eq!(
+            super::canonical(&value),
+            r#"{"a":{"c":"x","d":[{"y":2,"z":1}]},"b":1}"#
+        );
+        // What jsonb gives back verifies the same.
+        let through_jsonb = Spi::get_one::<String>(
+            r#"SELECT '{"b": 1, "a": {"d": [{"z": 1, "y": 2}], "c": "x"}}'::jsonb::text"#,
+        )
+        .unwrap()
+        .unwrap();
+        let reparsed: serde_json::Value = serde_json::from_str(&through_jsonb).unwrap();
+        assert_eq!(super::canonical(&reparsed), super::canonical(&value));
+    }
 }
