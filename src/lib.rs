@@ -47,6 +47,7 @@ pub extern "C-unwind" fn _PG_init() {
     context::init();
     context::on_load();
     keys::workspace::init();
+    audit::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -109,8 +109,7 @@ fn audit_row<'a>(
     let (desc, target) = unsafe {
         let rel = data.tg_relation;
         let desc = (*rel).rd_att;
-        let nsp = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
-        let schema = std::ffi::CStr::from_ptr(nsp).to_string_lossy();
+        let schema = audit::schema_name((*(*rel).rd_rel).relnamespace);
         let name =
             std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
         (desc, format!("{schema}.{name}"))

@@ -172,15 +172,101 @@ fn current_role_name() -> String {
 
 /// A role's name (empty if it no longer exists).
 pub fn role_name(role: pg_sys::Oid) -> String {
-    // SAFETY: catalog lookup by OID; NULL when missing.
-    unsafe {
-        let ptr = pg_sys::GetUserNameFromId(role, true);
-        if ptr.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned()
+    cached_name(role, NameKind::Role, || {
+        // SAFETY: catalog lookup by OID; NULL when missing.
+        unsafe {
+            let ptr = pg_sys::GetUserNameFromId(role, true);
+            if ptr.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned()
+            }
+        }
+    })
+}
+
+/// A schema's name (empty if it no longer exists).
+pub fn schema_name(schema: pg_sys::Oid) -> String {
+    cached_name(schema, NameKind::Schema, || {
+        // SAFETY: catalog lookup by OID; NULL when missing.
+        unsafe {
+            let ptr = pg_sys::get_namespace_name(schema);
+            if ptr.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned()
+            }
+        }
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum NameKind {
+    Role,
+    Schema,
+}
+
+/// Role and schema names an audited row needs, looked up once per backend
+/// and forgotten whenever the catalogs announce a change to roles or
+/// schemas (a rename): every row of a bulk statement would otherwise look
+/// both up again.
+struct Names {
+    /// `NAMES_CHANGED` when these were looked up.
+    seen: u64,
+    names: std::collections::HashMap<(NameKind, pg_sys::Oid), String>,
+}
+
+static NAMES: BackendLocal<RefCell<Option<Names>>> = BackendLocal::new(RefCell::new(None));
+/// Bumped by the syscache callbacks (which must not touch `NAMES`: they
+/// can run during the lookup below).
+static NAMES_CHANGED: BackendLocal<Cell<u64>> = BackendLocal::new(Cell::new(0));
+
+fn cached_name(oid: pg_sys::Oid, kind: NameKind, lookup: impl FnOnce() -> String) -> String {
+    let seen = NAMES_CHANGED.get();
+    {
+        let mut names = NAMES.borrow_mut();
+        let names = match &mut *names {
+            Some(n) if n.seen == seen => n,
+            slot => slot.insert(Names {
+                seen,
+                names: std::collections::HashMap::new(),
+            }),
+        };
+        if let Some(name) = names.names.get(&(kind, oid)) {
+            return name.clone();
         }
     }
+    // Not borrowed here: the lookup may process invalidations.
+    let name = lookup();
+    if let Some(names) = &mut *NAMES.borrow_mut() {
+        // Kept only if nothing changed meanwhile.
+        if names.seen == seen && NAMES_CHANGED.get() == seen {
+            names.names.insert((kind, oid), name.clone());
+        }
+    }
+    name
+}
+
+/// Registers the syscache callbacks that keep [`cached_name`] honest.
+pub fn init() {
+    // SAFETY: called once from _PG_init with a plain function.
+    unsafe {
+        for cache in [
+            pg_sys::SysCacheIdentifier::AUTHOID,
+            pg_sys::SysCacheIdentifier::NAMESPACEOID,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(names_changed),
+                pg_sys::Datum::from(0),
+            );
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn names_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    // Only a counter: cannot fail, so no guard is needed.
+    NAMES_CHANGED.set(NAMES_CHANGED.get().wrapping_add(1));
 }
 
 /// Records one entry: computed and MAC'ed now, written at the end of the

@@ -193,6 +193,16 @@ SELECT row_key->>'user_id' AS user_id, db_role FROM warden.audit_log
  WHERE action = 'membership.added' AND row_key->>'user_id' LIKE '%ee00_';
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 
+-- Names are looked up once per backend, and again after a rename.
+CREATE SCHEMA regress_s;
+CREATE TABLE regress_s.t (n int PRIMARY KEY);
+SELECT warden.enable_audit('regress_s.t');
+INSERT INTO regress_s.t VALUES (1);
+ALTER SCHEMA regress_s RENAME TO regress_renamed;
+INSERT INTO regress_renamed.t VALUES (2);
+SELECT target, row_key FROM warden.audit_log WHERE target LIKE 'regress\_%.t' ORDER BY id;
+DROP SCHEMA regress_renamed CASCADE;
+
 -- Purge: whole transactions older than the cut-off go, a mark stays, and
 -- the rest still verifies.
 SET ROLE regress_admin;
