@@ -105,16 +105,94 @@ pub fn purging() -> bool {
     PURGING.get()
 }
 
-/// JSON with object keys sorted at every level and no whitespace: the form
-/// MACs are computed over, on write and on verify (after a round trip
-/// through `jsonb`, whose own key order and number spelling differ).
+/// JSON with object keys sorted at every level, no whitespace, and numbers
+/// spelled as `jsonb` spells them: the form entries are stored and MAC'ed
+/// in, on write and on verify (after a round trip through `jsonb`, whose
+/// key order differs). Numbers keep their exact digits (serde_json's
+/// `arbitrary_precision`): a `numeric(30,10)` or a float's 17 digits are
+/// recorded as they are, not rounded through an f64, and a changed digit
+/// breaks the MAC.
 pub fn canonical(value: &serde_json::Value) -> String {
+    canonical_owned(value.clone())
+}
+
+/// [`canonical`] of a value we own (no copy).
+pub fn canonical_owned(mut value: serde_json::Value) -> String {
+    normalize_numbers(&mut value);
     // serde_json's Map is a BTreeMap (the crate is built without its
     // `preserve_order` feature, which nothing in our dependency tree turns
     // on): serializing sorts keys at every level, with no whitespace. The
-    // #[pg_test] `canonical_json_sorts_keys_at_every_level` fails if that
-    // ever changes.
+    // #[pg_test] `canonical_json_matches_jsonb` fails if that ever changes.
     value.to_string()
+}
+
+fn normalize_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(spelled) = jsonb_number(n.as_str()) {
+                if let Ok(parsed) = serde_json::from_str::<serde_json::Number>(&spelled) {
+                    *n = parsed;
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(normalize_numbers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(normalize_numbers),
+        _ => {}
+    }
+}
+
+/// A JSON number as `jsonb` stores and prints it (PostgreSQL's
+/// `numeric_out(numeric_in(text))`): no exponent, no leading zeros, as many
+/// decimals as the text had after applying its exponent, no sign on zero.
+/// `None` when that is the text already (or it is not a plain JSON number).
+fn jsonb_number(text: &str) -> Option<String> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], unsigned[at + 1..].parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    // jsonb refuses exponents this large anyway; leave such text alone.
+    if int.is_empty() || !all_digits(int) || !all_digits(frac) || exponent.abs() > 100_000 {
+        return None;
+    }
+    let digits = [int, frac].concat();
+    let point = int.len() as i64 + exponent;
+    let (int_part, frac_part) = if point <= 0 {
+        (
+            "0".to_string(),
+            "0".repeat(point.unsigned_abs() as usize) + &digits,
+        )
+    } else if point as usize >= digits.len() {
+        (
+            digits.clone() + &"0".repeat(point as usize - digits.len()),
+            String::new(),
+        )
+    } else {
+        (
+            digits[..point as usize].to_string(),
+            digits[point as usize..].to_string(),
+        )
+    };
+    let int_part = match int_part.trim_start_matches('0') {
+        "" => "0",
+        trimmed => trimmed,
+    };
+    let zero = int_part == "0" && frac_part.bytes().all(|b| b == b'0');
+    let mut out = String::with_capacity(text.len() + 2);
+    if negative && !zero {
+        out.push('-');
+    }
+    out.push_str(int_part);
+    if !frac_part.is_empty() {
+        out.push('.');
+        out.push_str(&frac_part);
+    }
+    (out != text).then_some(out)
 }
 
 /// The stored fields of an entry as the MAC sees them.
@@ -296,7 +374,7 @@ pub fn record_as(
             pg_sys::GetCurrentSubTransactionId(),
         )
     };
-    let json = |v: &Option<serde_json::Value>| v.as_ref().map(canonical);
+    let json = |v: Option<serde_json::Value>| v.map(canonical_owned);
     let full = {
         let mut pending = PENDING.borrow_mut();
         let p = match &mut *pending {
@@ -317,10 +395,10 @@ pub fn record_as(
             db_role,
             action: entry.action,
             target: entry.target,
-            row_key: json(&entry.row_key),
-            old_values: json(&entry.old_values),
-            new_values: json(&entry.new_values),
-            detail: json(&entry.detail),
+            row_key: json(entry.row_key),
+            old_values: json(entry.old_values),
+            new_values: json(entry.new_values),
+            detail: json(entry.detail),
             mac: [0; MAC_LEN],
             subxact,
         };
@@ -1096,9 +1174,11 @@ mod tests {
     use pgrx::prelude::*;
 
     /// Entry MACs are computed over this form on write and again on verify
-    /// (after a round trip through jsonb, which orders keys its own way).
+    /// (after a round trip through jsonb, which orders keys its own way and
+    /// spells numbers as numeric does): both must give the same text, and
+    /// numbers must keep every digit.
     #[pg_test]
-    fn canonical_json_sorts_keys_at_every_level() {
+    fn canonical_json_matches_jsonb() {
         let value: serde_json::Value =
             serde_json::from_str(r#"{"b": 1, "a": {"d": [ {"z": 1, "y": 2} ], "c": "x"}}"#)
                 .unwrap();
@@ -1106,13 +1186,51 @@ mod tests {
             super::canonical(&value),
             r#"{"a":{"c":"x","d":[{"y":2,"z":1}]},"b":1}"#
         );
-        // What jsonb gives back verifies the same.
-        let through_jsonb = Spi::get_one::<String>(
-            r#"SELECT '{"b": 1, "a": {"d": [{"z": 1, "y": 2}], "c": "x"}}'::jsonb::text"#,
-        )
-        .unwrap()
-        .unwrap();
-        let reparsed: serde_json::Value = serde_json::from_str(&through_jsonb).unwrap();
-        assert_eq!(super::canonical(&reparsed), super::canonical(&value));
+        let samples = [
+            "0",
+            "-0",
+            "-0.0",
+            "0.000",
+            "1.50",
+            "10",
+            "-10.10e1",
+            "1e3",
+            "1E+3",
+            "1.5e-3",
+            "100e-5",
+            "2.5E-1",
+            "1e0",
+            "-1.23e2",
+            "0.1",
+            "5e-324",
+            "1e300",
+            "1.7976931348623157e308",
+            "12345678901234567890.123456789",
+            "123456789012345678901234567890",
+            "9007199254740993",
+            "-9223372036854775808",
+            "0.30000000000000004",
+        ];
+        for sample in samples {
+            let json = format!(r#"{{"v": {sample}, "nested": [{sample}, {{"w": {sample}}}]}}"#);
+            let ours = super::canonical(&serde_json::from_str(&json).unwrap());
+            let through_jsonb =
+                Spi::get_one_with_args::<String>("SELECT $1::jsonb::text", &[json.as_str().into()])
+                    .unwrap()
+                    .unwrap();
+            let theirs = super::canonical(&serde_json::from_str(&through_jsonb).unwrap());
+            assert_eq!(ours, theirs, "{sample}");
+            // And the canonical text is what jsonb stores, exactly.
+            let stored = Spi::get_one_with_args::<String>(
+                "SELECT ($1::jsonb -> 'v')::text",
+                &[json.as_str().into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert!(
+                ours.contains(&format!(r#""v":{stored}"#)),
+                "{sample}: {ours} vs {stored}"
+            );
+        }
     }
 }

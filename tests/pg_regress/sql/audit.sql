@@ -193,6 +193,15 @@ SELECT row_key->>'user_id' AS user_id, db_role FROM warden.audit_log
  WHERE action = 'membership.added' AND row_key->>'user_id' LIKE '%ee00_';
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 
+-- Values are recorded exactly: every digit of a numeric, a float's
+-- shortest exact form, the scale of a numeric(…, 2).
+CREATE TABLE public.amounts (id int PRIMARY KEY, big numeric, f float8, price numeric(10,2));
+SELECT warden.enable_audit('public.amounts');
+INSERT INTO public.amounts VALUES (1, 12345678901234567890.123456789, 0.1::float8 + 0.2::float8, 1.50);
+UPDATE public.amounts SET big = big + 0.000000001, f = 1e300 WHERE id = 1;
+SELECT action, old_values, new_values FROM warden.audit_log WHERE target = 'public.amounts' ORDER BY id;
+DROP TABLE public.amounts;
+
 -- Names are looked up once per backend, and again after a rename.
 CREATE SCHEMA regress_s;
 CREATE TABLE regress_s.t (n int PRIMARY KEY);
