@@ -80,11 +80,11 @@ CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON warden.role_permissions
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON warden.roles
     FOR EACH ROW EXECUTE FUNCTION warden.audit_access_change('roles');
 CREATE TRIGGER audit_truncate AFTER TRUNCATE ON warden.memberships
-    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate('global');
 CREATE TRIGGER audit_truncate AFTER TRUNCATE ON warden.role_permissions
-    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate('global');
 CREATE TRIGGER audit_truncate AFTER TRUNCATE ON warden.roles
-    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate('global');
 
 -- The tenant view: a warden_user reads its acting workspace's entries; a
 -- warden_admin reads all. (Not FORCEd: pg_warden writes as the owner.)

@@ -84,6 +84,11 @@ pub enum WardenError {
     TooLarge(usize),
     #[error("the audit trail is append-only: only warden.purge_audit() deletes from it")]
     AppendOnly,
+    #[error(
+        "audit entries of this transaction could not be written (an error interrupted them and \
+         was caught by a savepoint): the transaction cannot commit"
+    )]
+    AuditEntriesLost,
     #[error("permission denied, and the denial could not be recorded: {0}")]
     DenialNotRecorded(&'static str),
     #[error("internal error in pg_warden: {0}")]
@@ -127,6 +132,7 @@ impl WardenError {
             WardenError::AppendOnly | WardenError::DenialNotRecorded(_) => {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
+            WardenError::AuditEntriesLost => ERRCODE_TRANSACTION_ROLLBACK,
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -221,10 +221,12 @@ const ACCESS_TABLES: &[(&str, AccessTable)] = &[
 ///
 /// Not recorded: rows loaded by a restore. `pg_dump` output and
 /// `pg_restore` run with `row_security = off`; when the table's owner (or
-/// a superuser) writes with that setting, the rows are data coming back,
-/// not changes, and the trail they belong to is being restored beside them
-/// (recording them would collide with it). Those roles could disable the
-/// trigger anyway; `warden_admin` and every other role are always recorded.
+/// a superuser) writes with that setting, directly in its session (not
+/// through a SECURITY DEFINER function, whose caller may have turned the
+/// setting off), the rows are data coming back, not changes, and the trail
+/// they belong to is being restored beside them (recording them would
+/// collide with it). Those roles could disable the trigger anyway;
+/// `warden_admin` and every other role are always recorded.
 #[pg_trigger]
 fn audit_access_change<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -240,8 +242,12 @@ fn audit_access_change<'a>(
     let (desc, restoring) = unsafe {
         let rel = data.tg_relation;
         let owner = (*(*rel).rd_rel).relowner;
-        let restoring =
-            !pg_sys::row_security && pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner);
+        // Not inside a SECURITY DEFINER function or a security-restricted
+        // operation: there GetUserId() is the definer's, not the session's.
+        let restoring = !pg_sys::row_security
+            && !pg_sys::InLocalUserIdChange()
+            && !pg_sys::InSecurityRestrictedOperation()
+            && pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner);
         ((*rel).rd_att, restoring)
     };
     if restoring {
@@ -338,8 +344,16 @@ fn audit_truncate<'a>(
     let name = trigger
         .table_name()
         .map_err(|e| WardenError::Internal(e.to_string()))?;
+    // pg_warden's own tables (memberships, roles, permissions) concern every
+    // workspace: their TRUNCATE goes to the chain outside any workspace,
+    // not to the acting tenant's.
+    let global = trigger
+        .extra_args()
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a == "global");
     let entry = Entry {
-        workspace: None,
+        workspace: global.then_some(None),
         action: "TRUNCATE".into(),
         target: Some(format!("{schema}.{name}")),
         row_key: None,

@@ -197,13 +197,15 @@ unsafe extern "C-unwind" fn can_guarded(fcinfo: pg_sys::FunctionCallInfo) -> pg_
     })
     .unwrap_or_else(|e| raise(e));
     let answer = answer.unwrap_or_else(|e| raise(e));
-    // Memoize per call site only when the argument cannot differ between
-    // calls (a constant, as in every generated policy).
+    // Memoize per call site only when the argument is a constant in the
+    // expression, as in every generated policy. (Not "stable": a PL/pgSQL
+    // variable is a stable parameter within one evaluation, but the
+    // expression, with its fn_extra, is evaluated again with other values.)
     // SAFETY: as above; the memo lives in fn_mcxt, as long as fn_extra.
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if let Some(generation) = generation {
-            if pg_sys::get_fn_expr_arg_stable(flinfo, 0) {
+            if !flinfo.is_null() && first_arg_is_const(flinfo) {
                 let mut memo = (*flinfo).fn_extra.cast::<Memo<bool>>();
                 if memo.is_null() {
                     memo = pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, size_of::<Memo<bool>>())
@@ -238,10 +240,36 @@ struct Memo<T> {
 /// `Memo<T>` (each helper stores only its own type there).
 #[inline(always)]
 unsafe fn memo_of<T>(fcinfo: pg_sys::FunctionCallInfo) -> Option<*const Memo<T>> {
-    // SAFETY: see the function's contract.
+    // SAFETY: see the function's contract (a C caller may pass no flinfo).
     unsafe {
-        let memo = (*(*fcinfo).flinfo).fn_extra.cast::<Memo<T>>();
+        let flinfo = (*fcinfo).flinfo;
+        if flinfo.is_null() {
+            return None;
+        }
+        let memo = (*flinfo).fn_extra.cast::<Memo<T>>();
         (!memo.is_null() && context::memo_holds((*memo).generation)).then_some(memo.cast_const())
+    }
+}
+
+/// Whether the call's first argument is a literal constant in the calling
+/// expression (`warden.can('invoices.read')`).
+///
+/// # Safety
+/// `flinfo` is the current call's, not NULL.
+unsafe fn first_arg_is_const(flinfo: *mut pg_sys::FmgrInfo) -> bool {
+    // SAFETY: fn_expr is NULL or the calling expression node; a FuncExpr's
+    // args is NULL or a List of expression nodes.
+    unsafe {
+        let expr = (*flinfo).fn_expr;
+        if expr.is_null() || (*expr).type_ != pg_sys::NodeTag::T_FuncExpr {
+            return false;
+        }
+        let args = (*expr.cast::<pg_sys::FuncExpr>()).args;
+        if args.is_null() || (*args).length < 1 {
+            return false;
+        }
+        let first = (*(*args).elements).ptr_value.cast::<pg_sys::Node>();
+        !first.is_null() && (*first).type_ == pg_sys::NodeTag::T_Const
     }
 }
 
@@ -258,13 +286,19 @@ unsafe fn uuid_helper(
     // SAFETY: fcinfo and its flinfo are the call's; fn_extra is ours alone
     // and, when set, a Memo<[u8; 16]>.
     unsafe {
-        let flinfo = (*fcinfo).flinfo;
-        let memo = (*flinfo).fn_extra.cast::<Memo<[u8; 16]>>();
         let (value, generation) =
             context::with_current_memo(|c| c.map(field)).unwrap_or_else(|e| raise(e));
         let Some(bytes) = value else {
             return fmgr::return_null(fcinfo);
         };
+        let flinfo = (*fcinfo).flinfo;
+        if flinfo.is_null() {
+            // A C caller without flinfo: a plain copy in its memory context.
+            let out = pg_sys::palloc(16).cast::<[u8; 16]>();
+            out.write(bytes);
+            return pg_sys::Datum::from(out);
+        }
+        let memo = (*flinfo).fn_extra.cast::<Memo<[u8; 16]>>();
         // Without a memo-able context, the generation can never hold.
         let generation = generation.unwrap_or(u64::MAX);
         if !memo.is_null() && (*memo).value == bytes {

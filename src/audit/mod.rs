@@ -90,6 +90,10 @@ struct Pending {
     next_seq: i32,
     unwritten: Vec<Ready>,
     written: Vec<Written>,
+    /// The subtransactions of entries a failed flush took with it (an
+    /// error caught by a savepoint): while any of them is still part of
+    /// the transaction, it cannot commit (its trail would miss them).
+    lost: Vec<pg_sys::SubTransactionId>,
 }
 
 /// Entries buffered before a write is forced (bounds memory in huge
@@ -384,6 +388,7 @@ pub fn record_as(
                 next_seq: 0,
                 unwritten: Vec::new(),
                 written: Vec::new(),
+                lost: Vec::new(),
             }),
         };
         p.next_seq += 1;
@@ -467,6 +472,7 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
         })
         .collect();
     *FLUSHING.borrow_mut() = batch;
+    let mut in_flight = InFlight(Some(written.iter().map(|w| w.subxact).collect()));
     let mut args = vec![txid.into()];
     let query = match seals {
         Some(seals) => {
@@ -485,14 +491,29 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
         }
         None => INSERT_ENTRIES.to_string(),
     };
-    let result = as_extension_owner(|| execute(&query, &args));
-    // Whatever the INSERT did not take (an error) is dropped with it.
-    FLUSHING.borrow_mut().clear();
-    result?;
+    as_extension_owner(|| execute(&query, &args))?;
+    in_flight.0 = None;
     if let Some(p) = &mut *PENDING.borrow_mut() {
         p.written.extend(written);
     }
     Ok(())
+}
+
+/// A flush under way: if it does not finish (a PostgreSQL error unwinds
+/// through it, or it returns one), its entries are gone with the failed
+/// INSERT; they are remembered as lost, and the buffer it was reading is
+/// dropped.
+struct InFlight(Option<Vec<pg_sys::SubTransactionId>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        FLUSHING.borrow_mut().clear();
+        if let Some(subxacts) = self.0.take() {
+            if let Some(p) = &mut *PENDING.borrow_mut() {
+                p.lost.extend(subxacts);
+            }
+        }
+    }
 }
 
 /// The entries a flush is writing, for `audit_pending_entries()`.
@@ -553,6 +574,7 @@ pub fn forget_subtransaction(subxact: pg_sys::SubTransactionId) {
     if let Some(p) = &mut *PENDING.borrow_mut() {
         p.unwritten.retain(|e| e.subxact < subxact);
         p.written.retain(|e| e.subxact < subxact);
+        p.lost.retain(|s| *s < subxact);
     }
 }
 
@@ -664,6 +686,9 @@ fn seal_and_chain() -> Result<(), WardenError> {
         let Some(p) = pending.as_ref() else {
             return Ok(());
         };
+        if !p.lost.is_empty() {
+            return Err(WardenError::AuditEntriesLost);
+        }
         let mut all: Vec<(Option<[u8; 16]>, i32, [u8; MAC_LEN])> = p
             .written
             .iter()

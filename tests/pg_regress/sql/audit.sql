@@ -202,6 +202,32 @@ UPDATE public.amounts SET big = big + 0.000000001, f = 1e300 WHERE id = 1;
 SELECT action, old_values, new_values FROM warden.audit_log WHERE target = 'public.amounts' ORDER BY id;
 DROP TABLE public.amounts;
 
+-- Entries written mid-statement (every 10,000) by an INSERT that fails
+-- inside a savepoint take earlier entries of the transaction with them:
+-- the transaction may not commit without them. (The failure here: the
+-- trail's id sequence set back, so the write hits an existing id.)
+CREATE TABLE public.bulk (n int PRIMARY KEY);
+SELECT warden.enable_audit('public.bulk');
+BEGIN;
+INSERT INTO public.bulk VALUES (0);
+SELECT setval('warden.audit_log_id_seq', (SELECT min(id) FROM warden.audit_log), false) > 0 AS set_back;
+SELECT regress.error_of('INSERT INTO public.bulk SELECT g FROM generate_series(1, 10000) AS g');
+COMMIT;
+SELECT setval('warden.audit_log_id_seq', (SELECT max(id) FROM warden.audit_log)) > 0 AS restored;
+SELECT count(*) AS rows_kept FROM public.bulk;
+-- Caught in a savepoint that is itself rolled back, the loss is gone too.
+BEGIN;
+SAVEPOINT s;
+SELECT setval('warden.audit_log_id_seq', (SELECT min(id) FROM warden.audit_log), false) > 0 AS set_back;
+SELECT regress.error_of('INSERT INTO public.bulk SELECT g FROM generate_series(1, 10000) AS g');
+ROLLBACK TO s;
+SELECT setval('warden.audit_log_id_seq', (SELECT max(id) FROM warden.audit_log)) > 0 AS restored;
+INSERT INTO public.bulk VALUES (1);
+COMMIT;
+SELECT n FROM public.bulk;
+SELECT action, row_key FROM warden.audit_log WHERE target = 'public.bulk' ORDER BY id;
+DROP TABLE public.bulk;
+
 -- Names are looked up once per backend, and again after a rename.
 CREATE SCHEMA regress_s;
 CREATE TABLE regress_s.t (n int PRIMARY KEY);

@@ -101,6 +101,22 @@ BEGIN
 END
 $$;
 
+-- A permission passed in a variable is checked on every call (a PL/pgSQL
+-- expression keeps its state across calls with other values).
+DO $$
+DECLARE
+    p text;
+BEGIN
+    PERFORM warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                               '00000000-0000-4000-8000-00000000e412', false);
+    FOREACH p IN ARRAY ARRAY['invoices.create', 'invoices.delete', 'invoices.read',
+                             'reports.read'] LOOP
+        RAISE NOTICE '%: %', p, warden.can(p);
+    END LOOP;
+    PERFORM warden.clear_context();
+END
+$$;
+
 -- Writing the setting directly forges nothing.
 SET warden.context = 'v1.7b7d.00';
 SELECT warden.current_workspace_id() IS NULL AS forged_is_no_context;
