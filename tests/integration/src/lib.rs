@@ -271,6 +271,42 @@ impl Cluster {
         );
     }
 
+    /// `pg_dump` as a plain SQL script of `from`, replayed with
+    /// `psql -v ON_ERROR_STOP=1` into a new database `to` (the other way
+    /// restores are done).
+    pub fn dump_and_restore_plain(&self, from: &str, to: &str) {
+        let path = self.dir.join(format!("{from}.sql"));
+        let dump = self
+            .client_program("pg_dump")
+            .args(["-Fp", "-d", from, "-f"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            dump.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
+        let mut admin = self.superuser("postgres");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{to}\""))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{to}\""))
+            .unwrap();
+        let restore = self
+            .client_program("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", to, "-f"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            restore.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&restore.stderr)
+        );
+    }
+
     /// The master key file this cluster was started with.
     pub fn master_key_file(&self) -> PathBuf {
         self.dir.join("master.key")

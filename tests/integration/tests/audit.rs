@@ -157,9 +157,12 @@ fn a_restored_trail_still_verifies() {
             (Some(WS_B.to_string()), 1, true)
         ]
     );
-    // The restore loads the memberships without recording them again.
+    // The restore loads the memberships without recording them again,
+    // from an archive (pg_restore) and from a plain script (psql).
     cluster().dump_and_restore("audit_dump", "audit_restored");
     assert_eq!(verify("audit_restored"), before);
+    cluster().dump_and_restore_plain("audit_dump", "audit_restored_sql");
+    assert_eq!(verify("audit_restored_sql"), before);
     // And the restored trail keeps growing on the same chain.
     let mut r = app("audit_restored", WS_A, USER_A);
     r.execute(
