@@ -314,6 +314,7 @@ static CACHE: BackendLocal<RefCell<Option<Verified>>> = BackendLocal::new(RefCel
 static ASSIGNMENTS: BackendLocal<Cell<u64>> = BackendLocal::new(Cell::new(0));
 
 /// Assign hook of `warden.context` (registered in `gucs.rs`).
+#[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn context_assigned(
     newval: *const std::ffi::c_char,
     _extra: *mut std::ffi::c_void,
@@ -588,6 +589,7 @@ pub fn on_load() {
 /// `ALTER ROLE/DATABASE ... SET`, the server configuration or connection
 /// options would come back at every `RESET` or `DISCARD ALL`. The value is
 /// never echoed in the error.
+#[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn context_check(
     newval: *mut *mut std::ffi::c_char,
     _extra: *mut *mut std::ffi::c_void,

@@ -80,6 +80,11 @@ pub enum WardenError {
     KeyUnwrapFailed,
     #[error("the value is not valid UTF-8 text")]
     NotText,
+    #[error(
+        "could not serialize access: the workspace's keys changed concurrently (retry the \
+         transaction)"
+    )]
+    ConcurrentKeyChange,
     #[error("the value is too large to encrypt: {0} bytes")]
     TooLarge(usize),
     #[error("the audit trail is append-only: only warden.purge_audit() deletes from it")]
@@ -129,6 +134,7 @@ impl WardenError {
             | WardenError::WrappedByOtherMasterKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WardenError::NotText => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
             WardenError::TooLarge(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            WardenError::ConcurrentKeyChange => ERRCODE_T_R_SERIALIZATION_FAILURE,
             WardenError::AppendOnly | WardenError::DenialNotRecorded(_) => {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }

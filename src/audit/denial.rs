@@ -9,7 +9,10 @@
 use super::{record_as, role_name, Entry};
 use crate::context::uuid_from_hex;
 use crate::error::WardenError;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker,
+};
 use pgrx::prelude::*;
 
 /// `bgw_extra` holds at most 127 bytes: the permission is cut to fit.
@@ -21,6 +24,19 @@ pub fn record_denial(
     workspace: Option<[u8; 16]>,
     actor: Option<[u8; 16]>,
 ) -> Result<(), WardenError> {
+    // A standby writes nothing, and never starts a worker that would
+    // (it would wait for the end of recovery): the denial goes to the
+    // server log only, and require() says it was not recorded.
+    // SAFETY: reads shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        pgrx::log!(
+            "pg_warden: permission denied on a standby (not in the audit trail): {}",
+            permission.chars().take(MAX_PERMISSION).collect::<String>()
+        );
+        return Err(WardenError::DenialNotRecorded(
+            "the server is a read-only standby",
+        ));
+    }
     let hex16 = |v: Option<[u8; 16]>| v.map(hex::encode).unwrap_or_default();
     let permission: String = permission.chars().take(MAX_PERMISSION).collect();
     // SAFETY: this backend's current user, database and process id.
@@ -44,9 +60,45 @@ pub fn record_denial(
         .set_notify_pid(pid)
         .load_dynamic()
         .map_err(|_| WardenError::DenialNotRecorded("no background worker slot is free"))?;
-    worker
-        .wait_for_shutdown()
-        .map_err(|_| WardenError::DenialNotRecorded("the background worker did not finish"))
+    wait_for(worker)
+}
+
+/// How long `require()` waits for the worker (it usually takes a few
+/// milliseconds; it can only take longer if it waits for a lock).
+const WORKER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for the worker to finish, servicing interrupts (a cancel or
+/// `statement_timeout` ends the wait), and gives up after
+/// [`WORKER_DEADLINE`], stopping the worker.
+fn wait_for(worker: DynamicBackgroundWorker) -> Result<(), WardenError> {
+    let started = std::time::Instant::now();
+    loop {
+        match worker.pid() {
+            Err(BackgroundWorkerStatus::Stopped) => return Ok(()),
+            Err(BackgroundWorkerStatus::PostmasterDied) => {
+                return Err(WardenError::DenialNotRecorded("the postmaster died"))
+            }
+            _ if started.elapsed() > WORKER_DEADLINE => {
+                let _ = worker.terminate().wait_for_shutdown();
+                return Err(WardenError::DenialNotRecorded(
+                    "the background worker did not finish in time",
+                ));
+            }
+            _ => {}
+        }
+        // SAFETY: waits on this process's latch, which the postmaster sets
+        // when the worker's state changes (set_notify_pid).
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                10,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
 }
 
 /// The background worker's entry point (named in `record_denial`).

@@ -132,23 +132,44 @@ struct Stored {
 
 /// Reads one key row: a given version, or the highest.
 fn read(ws: &[u8; 16], kind: KeyKind, version: Option<u32>) -> Result<Option<Stored>, WardenError> {
+    read_as_of(ws, kind, version, Snapshot::Statement)
+}
+
+/// Which rows a read sees.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Snapshot {
+    /// The statement's (read-only SPI): what STABLE callers must use.
+    Statement,
+    /// Everything committed so far (read-write SPI takes a new snapshot in
+    /// READ COMMITTED): for the volatile paths that waited for the key lock
+    /// and must see what the holder committed.
+    Latest,
+}
+
+fn read_as_of(
+    ws: &[u8; 16],
+    kind: KeyKind,
+    version: Option<u32>,
+    snapshot: Snapshot,
+) -> Result<Option<Stored>, WardenError> {
     key_table_oid()?;
     let uuid = Uuid::from_bytes(*ws);
     as_extension_owner(|| {
-        Spi::connect(|client| {
-            let rows = client.select(
-                "SELECT version, wrapped, master_key_id FROM warden.workspace_keys
+        Spi::connect_mut(|client| {
+            const QUERY: &str = "SELECT version, wrapped, master_key_id FROM warden.workspace_keys
                   WHERE workspace_id OPERATOR(pg_catalog.=) $1
                     AND kind OPERATOR(pg_catalog.=) $2
                     AND ($3 IS NULL OR version OPERATOR(pg_catalog.=) $3)
-                  ORDER BY version DESC LIMIT 1",
-                None,
-                &[
-                    uuid.into(),
-                    (kind as i16).into(),
-                    version.map(|v| v as i32).into(),
-                ],
-            )?;
+                  ORDER BY version DESC LIMIT 1";
+            let args = [
+                uuid.into(),
+                (kind as i16).into(),
+                version.map(|v| v as i32).into(),
+            ];
+            let rows = match snapshot {
+                Snapshot::Statement => client.select(QUERY, None, &args)?,
+                Snapshot::Latest => client.update(QUERY, None, &args)?,
+            };
             if rows.is_empty() {
                 return Ok(None);
             }
@@ -167,14 +188,19 @@ fn read(ws: &[u8; 16], kind: KeyKind, version: Option<u32>) -> Result<Option<Sto
 
 /// Whether the workspace was crypto-shredded.
 pub fn is_shredded(ws: &[u8; 16]) -> Result<bool, WardenError> {
+    is_shredded_as_of(ws, Snapshot::Statement)
+}
+
+fn is_shredded_as_of(ws: &[u8; 16], snapshot: Snapshot) -> Result<bool, WardenError> {
     let uuid = Uuid::from_bytes(*ws);
-    as_extension_owner(|| {
-        Ok(select_one::<bool>(
-            "SELECT EXISTS (SELECT FROM warden.shredded_workspaces
-                             WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
-            &[uuid.into()],
-        )?
-        .unwrap_or(false))
+    const QUERY: &str = "SELECT EXISTS (SELECT FROM warden.shredded_workspaces
+                                         WHERE workspace_id OPERATOR(pg_catalog.=) $1)";
+    as_extension_owner(|| match snapshot {
+        Snapshot::Statement => Ok(select_one::<bool>(QUERY, &[uuid.into()])?.unwrap_or(false)),
+        Snapshot::Latest => Ok(Spi::connect_mut(|client| {
+            let rows = client.update(QUERY, None, &[uuid.into()])?;
+            Ok::<_, WardenError>(rows.first().get_one::<bool>()?.unwrap_or(false))
+        })?),
     })
 }
 
@@ -214,6 +240,7 @@ fn missing(ws: &[u8; 16], version: Option<u32>) -> WardenError {
 
 /// The data key of `version`, for decryption.
 pub fn data_key(ws: &[u8; 16], version: u32) -> Result<Rc<DataKey>, WardenError> {
+    take_news();
     let last = LAST
         .borrow()
         .as_ref()
@@ -239,6 +266,7 @@ pub fn data_key(ws: &[u8; 16], version: u32) -> Result<Rc<DataKey>, WardenError>
 /// backends converge on one: the losers' inserts do nothing and they read
 /// the winner's).
 pub fn current_data_key(ws: &[u8; 16]) -> Result<(u32, Rc<DataKey>), WardenError> {
+    take_news();
     let last = LAST
         .borrow()
         .as_ref()
@@ -259,7 +287,8 @@ pub fn current_data_key(ws: &[u8; 16]) -> Result<(u32, Rc<DataKey>), WardenError
         Some(stored) => stored,
         None => {
             create_first_keys(ws)?;
-            read(ws, KeyKind::Data, None)?.ok_or_else(|| missing(ws, None))?
+            read_as_of(ws, KeyKind::Data, None, Snapshot::Latest)?
+                .ok_or_else(|| missing(ws, None))?
         }
     };
     let key = unwrap_data_key(ws, &stored)?;
@@ -322,8 +351,57 @@ fn insert(
     Ok(inserted)
 }
 
+/// Serializes the operations that create or destroy a workspace's keys
+/// (first use, rotation, shredding) with a transaction-level advisory lock,
+/// so a key cannot be created beside a concurrent shred. Whoever waited
+/// re-reads what the other committed (READ COMMITTED takes a new snapshot
+/// per query); under REPEATABLE READ or SERIALIZABLE, whose snapshot cannot
+/// see it, waiting is a serialization failure (40001: retry).
+fn lock_keys(ws: &[u8; 16]) -> Result<(), WardenError> {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&ws[..8]);
+    // 0x574B ("WK") in the top bits: apart from the audit chains' keys.
+    let key = (0x574B_i64 << 48) | (i64::from_be_bytes(bytes) & 0x0000_FFFF_FFFF_FFFF);
+    let free = select_one::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_xact_lock($1)",
+        &[key.into()],
+    )?
+    .unwrap_or(false);
+    if free {
+        return Ok(());
+    }
+    select_one::<String>(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1)::pg_catalog.text",
+        &[key.into()],
+    )?;
+    // SAFETY: reads this transaction's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        return Err(WardenError::ConcurrentKeyChange);
+    }
+    Ok(())
+}
+
+/// Takes in the invalidations other backends sent (a rotation, a shred),
+/// once per statement: the cached keys are otherwise answered without
+/// touching a table, and a long transaction would not see them until its
+/// end.
+fn take_news() {
+    // SAFETY: reads the statement's start; AcceptInvalidationMessages runs
+    // our relcache callback, which may clear the caches (none is borrowed).
+    unsafe {
+        let statement = pg_sys::GetCurrentStatementStartTimestamp();
+        if NEWS_TAKEN_AT.get() != statement {
+            NEWS_TAKEN_AT.set(statement);
+            pg_sys::AcceptInvalidationMessages();
+        }
+    }
+}
+
+static NEWS_TAKEN_AT: BackendLocal<Cell<pg_sys::TimestampTz>> = BackendLocal::new(Cell::new(0));
+
 fn create_first_keys(ws: &[u8; 16]) -> Result<(), WardenError> {
-    if is_shredded(ws)? {
+    lock_keys(ws)?;
+    if is_shredded_as_of(ws, Snapshot::Latest)? {
         return Err(WardenError::Shredded(Uuid::from_bytes(*ws).to_string()));
     }
     let master = master::current()?;
@@ -336,11 +414,12 @@ fn create_first_keys(ws: &[u8; 16]) -> Result<(), WardenError> {
 
 /// A new data key version; old versions keep decrypting. Returns it.
 pub fn rotate(ws: &[u8; 16]) -> Result<u32, WardenError> {
-    if is_shredded(ws)? {
+    lock_keys(ws)?;
+    if is_shredded_as_of(ws, Snapshot::Latest)? {
         return Err(WardenError::Shredded(Uuid::from_bytes(*ws).to_string()));
     }
     let master = master::current()?;
-    let next = match read(ws, KeyKind::Data, None)? {
+    let next = match read_as_of(ws, KeyKind::Data, None, Snapshot::Latest)? {
         Some(stored) => stored.version + 1,
         None => {
             create_first_keys(ws)?;
@@ -357,6 +436,7 @@ pub fn rotate(ws: &[u8; 16]) -> Result<u32, WardenError> {
 
 /// Destroys every key of the workspace and marks it shredded.
 pub fn shred(ws: &[u8; 16]) -> Result<(), WardenError> {
+    lock_keys(ws)?;
     let uuid = Uuid::from_bytes(*ws);
     as_extension_owner(|| {
         Spi::run_with_args(

@@ -294,3 +294,58 @@ fn the_master_key_never_reaches_logs_statistics_settings_or_errors() {
     let err = a.query("SHOW warden.master_key_file", &[]).unwrap_err();
     assert_eq!(sqlstate(&err), "42501");
 }
+
+#[test]
+fn a_rotation_waiting_on_a_shred_finds_the_workspace_shredded() {
+    setup("enc_shred_race");
+    let mut a = app("enc_shred_race");
+    a.execute("SELECT warden.encrypt('first')", &[]).unwrap();
+    // The shred holds the workspace's key lock until it commits...
+    let mut shredder = cluster().connect("enc_shred_race", "enc_admin").unwrap();
+    let mut tx = shredder.transaction().unwrap();
+    tx.execute("SELECT warden.shred_workspace($1::text::uuid)", &[&WS])
+        .unwrap();
+    // ...so a rotation started meanwhile waits for it, then sees the shred.
+    let rotation = std::thread::spawn(|| {
+        let mut admin = cluster().connect("enc_shred_race", "enc_admin").unwrap();
+        admin
+            .query_one("SELECT warden.rotate_workspace_key($1::text::uuid)", &[&WS])
+            .map(|r| r.get::<_, i32>(0))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!rotation.is_finished(), "the rotation waits for the shred");
+    tx.commit().unwrap();
+    let err = rotation.join().unwrap().unwrap_err();
+    assert_eq!(sqlstate(&err), "55000", "{err}");
+    let keys: i64 = cluster()
+        .superuser("enc_shred_race")
+        .query_one(
+            "SELECT count(*) FROM warden.workspace_keys WHERE workspace_id = $1::text::uuid",
+            &[&WS],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 0, "no key outlives the shred");
+}
+
+#[test]
+fn a_shred_reaches_a_transaction_already_holding_the_key() {
+    setup("enc_open_tx");
+    let mut a = app("enc_open_tx");
+    // The workspace's first key is created (and its lock released) first.
+    a.execute("SELECT warden.encrypt('first')", &[]).unwrap();
+    let mut tx = a.transaction().unwrap();
+    tx.execute(
+        "INSERT INTO public.secrets VALUES (1, warden.encrypt('kept in cache'))",
+        &[],
+    )
+    .unwrap();
+    cluster()
+        .connect("enc_open_tx", "enc_admin")
+        .unwrap()
+        .execute("SELECT warden.shred_workspace($1::text::uuid)", &[&WS])
+        .unwrap();
+    // The next statement of the same transaction no longer encrypts.
+    let err = tx.query("SELECT warden.encrypt('after')", &[]).unwrap_err();
+    assert_eq!(sqlstate(&err), "55000", "{err}");
+}
