@@ -182,21 +182,92 @@ fn read(source: &Source) -> Result<Key32, WardenError> {
             let command = command.to_str().map_err(|_| {
                 WardenError::MasterKeyCommandFailed("the command is not valid UTF-8".into())
             })?;
-            let output = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(command)
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .map_err(|e| WardenError::MasterKeyCommandFailed(e.kind().to_string()))?;
-            *text = output.stdout;
-            if !output.status.success() {
-                return Err(WardenError::MasterKeyCommandFailed(
-                    output.status.to_string(),
-                ));
-            }
+            run_command(command, &mut text)?;
             Key32::from_hex_bytes(&text)
                 .map_err(|_| WardenError::MasterKeyMalformed("warden.master_key_command"))
         }
     }
+}
+
+/// How long `warden.master_key_command` may take.
+const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// More output than a key needs is refused (and never buffered).
+const COMMAND_OUTPUT_LIMIT: usize = 4096;
+
+/// Runs the key command, reading its output into `out` (which zeroizes),
+/// without ever blocking uninterruptibly: it waits on the pipe with
+/// PostgreSQL's latch machinery, so a cancel or `statement_timeout` stops
+/// it, and gives up after [`COMMAND_DEADLINE`]. The child is killed and
+/// reaped whenever the wait ends early, an ERROR included.
+fn run_command(command: &str, out: &mut Zeroizing<Vec<u8>>) -> Result<(), WardenError> {
+    use std::os::fd::AsRawFd;
+    let failed = |e: std::io::Error| WardenError::MasterKeyCommandFailed(e.kind().to_string());
+    let child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(failed)?;
+    /// Kills and reaps the child unless it finished.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+            }
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(child);
+    let mut stdout = child.0.stdout.take().expect("stdout is piped");
+    let fd = stdout.as_raw_fd();
+    let started = std::time::Instant::now();
+    out.reserve(COMMAND_OUTPUT_LIMIT + 1);
+    let mut chunk = Zeroizing::new([0u8; 512]);
+    loop {
+        if started.elapsed() > COMMAND_DEADLINE {
+            return Err(WardenError::MasterKeyCommandFailed(format!(
+                "no answer within {} s",
+                COMMAND_DEADLINE.as_secs()
+            )));
+        }
+        // SAFETY: waits on this process's latch and on the pipe's fd, which
+        // stays open while `stdout` lives; the latch is reset after use.
+        let events = unsafe {
+            let events = pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET
+                    | pg_sys::WL_SOCKET_READABLE
+                    | pg_sys::WL_TIMEOUT
+                    | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                fd,
+                100,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+            events
+        };
+        pgrx::check_for_interrupts!();
+        if events & pg_sys::WL_SOCKET_READABLE as i32 == 0 {
+            continue;
+        }
+        // Readable: data or end of file, so this read does not block.
+        let n = std::io::Read::read(&mut stdout, &mut chunk[..]).map_err(failed)?;
+        if n == 0 {
+            break;
+        }
+        if out.len() + n > COMMAND_OUTPUT_LIMIT {
+            return Err(WardenError::MasterKeyCommandFailed(
+                "it printed more than a key".into(),
+            ));
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    let status = child.0.wait().map_err(failed)?;
+    if !status.success() {
+        return Err(WardenError::MasterKeyCommandFailed(status.to_string()));
+    }
+    Ok(())
 }

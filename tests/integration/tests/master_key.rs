@@ -88,6 +88,26 @@ fn master_key_sources_refusals_and_rotation() {
     assert_eq!(decrypted(&mut app().unwrap()).unwrap(), ["under k1"]);
     c.reconfigure(&[("warden.master_key_command", "exit 3")]);
     assert_eq!(app().err().as_deref(), Some("58030"));
+    // A command that hangs (a KMS that does not answer) does not hang the
+    // backend: statement_timeout ends the wait, and the session goes on.
+    c.reconfigure(&[("warden.master_key_command", "sleep 60")]);
+    let mut waiting = c.connect("mk", "mk_app").unwrap();
+    waiting
+        .batch_execute("SET statement_timeout = '500ms'")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = waiting
+        .execute(
+            "SELECT warden.set_context($1::text::uuid, $2::text::uuid, false)",
+            &[&WS, &USER],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    waiting.batch_execute("SELECT 1").unwrap();
+    // A command printing far more than a key is refused.
+    c.reconfigure(&[("warden.master_key_command", "yes 0 | head -c 100000")]);
+    assert_eq!(app().err().as_deref(), Some("58030"));
 
     // Rotation: a new key in place, the old one as previous, a reload.
     c.shell_as_pg(&format!(
