@@ -421,6 +421,11 @@ pub fn memo_holds(generation: u64) -> bool {
     ASSIGNMENTS.get() == generation
 }
 
+/// The workspace the last resolved claims named (kept across transactions:
+/// it decides when cached keys belong to another tenant).
+static LAST_CLAIMED_WORKSPACE: BackendLocal<Cell<Option<[u8; 16]>>> =
+    BackendLocal::new(Cell::new(None));
+
 /// Claims resolved in this transaction (cleared at its end).
 static CLAIMS: BackendLocal<RefCell<Option<Verified>>> = BackendLocal::new(RefCell::new(None));
 
@@ -462,6 +467,13 @@ fn from_claims() -> Result<Option<Rc<Context>>, WardenError> {
             }),
         None => None,
     };
+    // Another workspace acts now (a pooled connection serves request after
+    // request): drop the previous one's keys, as set_context does.
+    let acting = ctx.as_ref().map(|c| c.workspace_id);
+    let previous = LAST_CLAIMED_WORKSPACE.replace(acting);
+    if previous.is_some() && previous != acting {
+        crate::keys::workspace::forget_all();
+    }
     *CLAIMS.borrow_mut() = Some(Verified {
         generation: 0,
         token: claims,

@@ -168,12 +168,30 @@ fn read(source: &Source) -> Result<Key32, WardenError> {
     // The raw text is zeroized when dropped, whatever happens below.
     let mut text = Zeroizing::new(Vec::with_capacity(80));
     match source {
-        Source::File { path, .. } => {
+        Source::File { path, ino, .. } => {
             let path = path
                 .to_str()
                 .map_err(|_| WardenError::MasterKeyFileMissing)?;
-            std::fs::File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut text))
+            let file = std::fs::File::open(path)
+                .map_err(|e| WardenError::MasterKeyFileUnreadable(e.kind()))?;
+            // The file opened must be the one `locate` checked (not one
+            // swapped in since): same inode, still private, still ours.
+            let meta = file
+                .metadata()
+                .map_err(|e| WardenError::MasterKeyFileUnreadable(e.kind()))?;
+            let mode = meta.mode() & 0o7777;
+            if !meta.is_file() || mode & 0o077 != 0 || meta.ino() != *ino {
+                return Err(WardenError::MasterKeyFileTooPermissive { mode });
+            }
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if meta.uid() != unsafe { libc::geteuid() } {
+                return Err(WardenError::MasterKeyFileWrongOwner);
+            }
+            // Read into room reserved up front (no reallocation leaves a
+            // copy behind); a key file is 64 characters, 4 KB is plenty.
+            text.reserve(4096);
+            file.take(4096)
+                .read_to_end(&mut text)
                 .map_err(|e| WardenError::MasterKeyFileUnreadable(e.kind()))?;
             Key32::from_hex_bytes(&text)
                 .map_err(|_| WardenError::MasterKeyMalformed("warden.master_key_file"))
