@@ -4,10 +4,12 @@
 //! back, its writes with it: an entry written there would vanish. So the
 //! denial is written by a short-lived background worker, in a transaction of
 //! its own, and `require()` waits for it before raising. Denials are rare;
-//! the worker costs a few milliseconds.
+//! the worker costs a few milliseconds. The denial travels in a dynamic
+//! shared memory segment, pinned until the worker takes it, so it is
+//! recorded even if the waiting session is cancelled; the worker flags
+//! there that it committed, so a failure to record is reported.
 
 use super::{record_as, role_name, Entry};
-use crate::context::uuid_from_hex;
 use crate::error::WardenError;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
@@ -15,8 +17,25 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 
-/// `bgw_extra` holds at most 127 bytes: the permission is cut to fit.
-const MAX_PERMISSION: usize = 48;
+/// What the denied session hands the worker, in a dynamic shared memory
+/// segment (whole: no field is cut to fit `bgw_extra`), and how the worker
+/// says it is done.
+#[repr(C)]
+struct DenialSlot {
+    /// Set by the worker once the entry is committed.
+    recorded: std::sync::atomic::AtomicU32,
+    database: u32,
+    role: u32,
+    has_workspace: u8,
+    has_actor: u8,
+    workspace: [u8; 16],
+    actor: [u8; 16],
+    permission_len: u32,
+    permission: [u8; MAX_PERMISSION],
+}
+
+/// Longer than any valid permission (`resource.action`: at most 127).
+const MAX_PERMISSION: usize = 256;
 
 /// Records that the acting session was denied `permission`, durably.
 pub fn record_denial(
@@ -24,6 +43,7 @@ pub fn record_denial(
     workspace: Option<[u8; 16]>,
     actor: Option<[u8; 16]>,
 ) -> Result<(), WardenError> {
+    let permission = &permission.as_bytes()[..permission.len().min(MAX_PERMISSION)];
     // A standby writes nothing, and never starts a worker that would
     // (it would wait for the end of recovery): the denial goes to the
     // server log only, and require() says it was not recorded.
@@ -31,36 +51,71 @@ pub fn record_denial(
     if unsafe { pg_sys::RecoveryInProgress() } {
         pgrx::log!(
             "pg_warden: permission denied on a standby (not in the audit trail): {}",
-            permission.chars().take(MAX_PERMISSION).collect::<String>()
+            String::from_utf8_lossy(permission)
         );
         return Err(WardenError::DenialNotRecorded(
             "the server is a read-only standby",
         ));
     }
-    let hex16 = |v: Option<[u8; 16]>| v.map(hex::encode).unwrap_or_default();
-    let permission: String = permission.chars().take(MAX_PERMISSION).collect();
-    // SAFETY: this backend's current user, database and process id.
-    let (role, database, pid) =
-        unsafe { (pg_sys::GetUserId(), pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
-    let extra = format!(
-        "{}|{}|{}|{permission}",
-        hex16(workspace),
-        hex16(actor),
-        role.to_u32()
-    );
+    // SAFETY: a new segment of our struct's size, filled before anyone
+    // else can see it; pinned so that it outlives this backend's mapping
+    // (the worker unpins it), so the denial is recorded even if this
+    // session is cancelled while it waits.
+    let (segment, slot) = unsafe {
+        let segment = pg_sys::dsm_create(size_of::<DenialSlot>(), 0);
+        let slot = pg_sys::dsm_segment_address(segment).cast::<DenialSlot>();
+        let mut filled = DenialSlot {
+            recorded: std::sync::atomic::AtomicU32::new(0),
+            database: pg_sys::MyDatabaseId.to_u32(),
+            role: pg_sys::GetUserId().to_u32(),
+            has_workspace: workspace.is_some() as u8,
+            has_actor: actor.is_some() as u8,
+            workspace: workspace.unwrap_or_default(),
+            actor: actor.unwrap_or_default(),
+            permission_len: permission.len() as u32,
+            permission: [0; MAX_PERMISSION],
+        };
+        filled.permission[..permission.len()].copy_from_slice(permission);
+        slot.write(filled);
+        pg_sys::dsm_pin_segment(segment);
+        (segment, slot)
+    };
+    // SAFETY: the segment's handle; this backend's process id.
+    let (handle, pid) = unsafe { (pg_sys::dsm_segment_handle(segment), pg_sys::MyProcPid) };
     let worker = BackgroundWorkerBuilder::new("pg_warden denial")
         .set_type("pg_warden denial")
         .set_library("pg_warden")
         .set_function("warden_record_denial")
-        .set_argument(database.into_datum())
-        .set_extra(&extra)
+        .set_argument(Some(pg_sys::Datum::from(handle)))
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
         .set_notify_pid(pid)
-        .load_dynamic()
-        .map_err(|_| WardenError::DenialNotRecorded("no background worker slot is free"))?;
-    wait_for(worker)
+        .load_dynamic();
+    let Ok(worker) = worker else {
+        // SAFETY: nobody else will attach: unpin, and our detach frees it.
+        unsafe {
+            pg_sys::dsm_unpin_segment(handle);
+            pg_sys::dsm_detach(segment);
+        }
+        return Err(WardenError::DenialNotRecorded(
+            "no background worker slot is free",
+        ));
+    };
+    wait_for(worker)?;
+    // SAFETY: the segment stays mapped here until we detach it.
+    let recorded = unsafe {
+        let recorded = (*slot).recorded.load(std::sync::atomic::Ordering::Acquire) == 1;
+        pg_sys::dsm_detach(segment);
+        recorded
+    };
+    if recorded {
+        Ok(())
+    } else {
+        Err(WardenError::DenialNotRecorded(
+            "the background worker could not write it (see the server log)",
+        ))
+    }
 }
 
 /// How long `require()` waits for the worker (it usually takes a few
@@ -101,22 +156,36 @@ fn wait_for(worker: DynamicBackgroundWorker) -> Result<(), WardenError> {
     }
 }
 
-/// The background worker's entry point (named in `record_denial`).
+/// The background worker's entry point (named in `record_denial`): its
+/// argument is the handle of the segment holding the denial.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn warden_record_denial(arg: pg_sys::Datum) {
-    // SAFETY: the argument is the denied session's database OID.
-    let database = unsafe { pg_sys::Oid::from_datum(arg, false) };
-    BackgroundWorker::connect_worker_to_spi_by_oid(database, None);
-    let extra = BackgroundWorker::get_extra().to_string();
-    let mut parts = extra.splitn(4, '|');
-    let uuid = |s: Option<&str>| s.and_then(uuid_from_hex);
-    let (workspace, actor) = (uuid(parts.next()), uuid(parts.next()));
-    let role = parts
-        .next()
-        .and_then(|r| r.parse::<u32>().ok())
-        .unwrap_or(0);
-    let permission = parts.next().unwrap_or_default().to_string();
+    // SAFETY: the argument is a dsm handle (a u32); the segment, if it
+    // still exists, holds one DenialSlot, written before we were started.
+    let handle = arg.value() as pg_sys::dsm_handle;
+    let (segment, slot) = unsafe {
+        let segment = pg_sys::dsm_attach(handle);
+        if segment.is_null() {
+            return;
+        }
+        pg_sys::dsm_unpin_segment(handle);
+        let slot = pg_sys::dsm_segment_address(segment).cast::<DenialSlot>();
+        (segment, slot)
+    };
+    // SAFETY: see above; the fields are plain data.
+    let (database, role, workspace, actor, permission) = unsafe {
+        let s = &*slot;
+        let len = (s.permission_len as usize).min(MAX_PERMISSION);
+        (
+            pg_sys::Oid::from(s.database),
+            pg_sys::Oid::from(s.role),
+            (s.has_workspace == 1).then_some(s.workspace),
+            (s.has_actor == 1).then_some(s.actor),
+            String::from_utf8_lossy(&s.permission[..len]).into_owned(),
+        )
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     BackgroundWorker::transaction(|| {
         let entry = Entry {
             workspace: None,
@@ -127,7 +196,14 @@ pub extern "C-unwind" fn warden_record_denial(arg: pg_sys::Datum) {
             new_values: None,
             detail: Some(serde_json::json!({ "permission": permission })),
         };
-        record_as(entry, workspace, actor, role_name(pg_sys::Oid::from(role)))
+        record_as(entry, workspace, actor, role_name(role))
             .unwrap_or_else(|e| crate::error::raise(e));
     });
+    // SAFETY: still attached; the waiter reads the flag after we exit.
+    unsafe {
+        (*slot)
+            .recorded
+            .store(1, std::sync::atomic::Ordering::Release);
+        pg_sys::dsm_detach(segment);
+    }
 }

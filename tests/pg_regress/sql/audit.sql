@@ -140,6 +140,9 @@ BEGIN;
 SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
                           '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
 SELECT regress.error_of($$SELECT warden.require('cards.destroy')$$);
+-- Recorded whole, however long (a permission can be 127 characters).
+SELECT regress.error_of($$SELECT warden.require(
+    'quarterly_financial_reports_for_the_board.export_with_all_attachments_included')$$);
 ROLLBACK;
 RESET ROLE;
 SELECT workspace_id, actor, db_role, action, target, detail
