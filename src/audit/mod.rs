@@ -472,7 +472,7 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
         })
         .collect();
     *FLUSHING.borrow_mut() = batch;
-    let mut in_flight = InFlight(Some(written.iter().map(|w| w.subxact).collect()));
+    let mut in_flight = InFlight(Some(written));
     let mut args = vec![txid.into()];
     let query = match seals {
         Some(seals) => {
@@ -492,7 +492,7 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
         None => INSERT_ENTRIES.to_string(),
     };
     as_extension_owner(|| execute(&query, &args))?;
-    in_flight.0 = None;
+    let written = in_flight.0.take().unwrap_or_default();
     if let Some(p) = &mut *PENDING.borrow_mut() {
         p.written.extend(written);
     }
@@ -503,14 +503,14 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
 /// through it, or it returns one), its entries are gone with the failed
 /// INSERT; they are remembered as lost, and the buffer it was reading is
 /// dropped.
-struct InFlight(Option<Vec<pg_sys::SubTransactionId>>);
+struct InFlight(Option<Vec<Written>>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         FLUSHING.borrow_mut().clear();
-        if let Some(subxacts) = self.0.take() {
+        if let Some(unwritten) = self.0.take() {
             if let Some(p) = &mut *PENDING.borrow_mut() {
-                p.lost.extend(subxacts);
+                p.lost.extend(unwritten.iter().map(|w| w.subxact));
             }
         }
     }

@@ -239,46 +239,29 @@ impl Cluster {
     /// `pg_dump -Fc` of `from`, restored with `pg_restore --exit-on-error`
     /// into a new database `to` of this cluster (same master key).
     pub fn dump_and_restore(&self, from: &str, to: &str) {
-        let path = self.dir.join(format!("{from}.dump"));
-        let dump = self
-            .client_program("pg_dump")
-            .args(["-Fc", "-d", from, "-f"])
-            .arg(&path)
-            .output();
-        let dump = dump.unwrap();
-        assert!(
-            dump.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&dump.stderr)
-        );
-        let mut admin = self.superuser("postgres");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{to}\""))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{to}\""))
-            .unwrap();
-        let mut restore = self.client_program("pg_restore");
-        let restore = restore
-            .args(["--exit-on-error", "-d", to])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            restore.status.success(),
-            "pg_restore: {}",
-            String::from_utf8_lossy(&restore.stderr)
-        );
+        self.dump_and_replay(from, to, Replay::Archive);
     }
 
     /// `pg_dump` as a plain SQL script of `from`, replayed with
     /// `psql -v ON_ERROR_STOP=1` into a new database `to` (the other way
     /// restores are done).
     pub fn dump_and_restore_plain(&self, from: &str, to: &str) {
-        let path = self.dir.join(format!("{from}.sql"));
+        self.dump_and_replay(from, to, Replay::Script);
+    }
+
+    fn dump_and_replay(&self, from: &str, to: &str, how: Replay) {
+        let (format, program, args): (&str, &str, &[&str]) = match how {
+            Replay::Archive => ("-Fc", "pg_restore", &["--exit-on-error", "-d", to]),
+            Replay::Script => (
+                "-Fp",
+                "psql",
+                &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", to, "-f"],
+            ),
+        };
+        let path = self.dir.join(format!("{from}{format}.dump"));
         let dump = self
             .client_program("pg_dump")
-            .args(["-Fp", "-d", from, "-f"])
+            .args([format, "-d", from, "-f"])
             .arg(&path)
             .output()
             .unwrap();
@@ -295,14 +278,14 @@ impl Cluster {
             .batch_execute(&format!("CREATE DATABASE \"{to}\""))
             .unwrap();
         let restore = self
-            .client_program("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", to, "-f"])
+            .client_program(program)
+            .args(args)
             .arg(&path)
             .output()
             .unwrap();
         assert!(
             restore.status.success(),
-            "psql: {}",
+            "{program}: {}",
             String::from_utf8_lossy(&restore.stderr)
         );
     }
@@ -474,4 +457,12 @@ pub fn simple_rows(client: &mut Client, sql: &str) -> Vec<Vec<Option<String>>> {
             _ => None,
         })
         .collect()
+}
+
+/// How a dump goes back in.
+enum Replay {
+    /// `pg_dump -Fc` and `pg_restore`.
+    Archive,
+    /// `pg_dump -Fp` and `psql`.
+    Script,
 }
