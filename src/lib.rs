@@ -15,6 +15,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod append;
 mod audit;
 mod backend;
 mod context;
@@ -48,6 +49,7 @@ pub extern "C-unwind" fn _PG_init() {
     context::on_load();
     keys::workspace::init();
     audit::init();
+    append::init();
 }
 
 /// Required by `cargo pgrx test`.

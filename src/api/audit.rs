@@ -365,33 +365,6 @@ fn audit_truncate<'a>(
     Ok(None)
 }
 
-/// Internal: the audit entries a commit (or a full buffer) is writing,
-/// read by the INSERT pg_warden runs as the trail's owner. Returns nothing
-/// anywhere else. Not executable by PUBLIC.
-// pgrx reads the column names from the name!() tuple written out here.
-#[allow(clippy::type_complexity)]
-#[pg_extern(volatile, parallel_unsafe)]
-fn audit_pending_entries() -> TableIterator<
-    'static,
-    (
-        name!(at, TimestampWithTimeZone),
-        name!(txn_seq, i32),
-        name!(workspace_id, Option<Uuid>),
-        name!(actor, Option<Uuid>),
-        name!(db_role, String),
-        name!(action, String),
-        name!(target, Option<String>),
-        name!(row_key, Option<String>),
-        name!(old_values, Option<String>),
-        name!(new_values, Option<String>),
-        name!(detail, Option<String>),
-        name!(mac, Vec<u8>),
-    ),
-> {
-    // (pgrx generates no SQL for a Result around a TableIterator: raise.)
-    TableIterator::new(audit::take_flushing().unwrap_or_else(|e| raise(e)))
-}
-
 /// Attaches the audit triggers to a table (idempotent: re-run it after
 /// changing the primary key or the redacted columns). Runs with the
 /// caller's rights: only the table's owner can add triggers.

@@ -30,6 +30,7 @@
 mod denial;
 pub use denial::record_denial;
 
+use crate::append;
 use crate::backend::{as_extension_owner, execute, select, select_one, BackendLocal};
 use crate::context;
 use crate::crypto::{fields_mac, Key32, MAC_LEN};
@@ -449,11 +450,10 @@ pub fn key_event(
     })
 }
 
-/// Writes the buffered entries (as the trail's owner) in one INSERT: when
-/// the buffer is full, and at commit (with the seals, in the same
-/// statement). The INSERT reads the entries from
-/// `warden.audit_pending_entries()`, which hands over this buffer row by
-/// row (no arrays to build and unnest).
+/// Writes the buffered entries (as the trail's owner): when the buffer is
+/// full, and at commit (with the seals). Rows are appended straight to the
+/// tables and their indexes (see `crate::append`): no statement to plan or
+/// executor to start for a handful of rows.
 fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
     let (txid, batch) = match &mut *PENDING.borrow_mut() {
         Some(p) => (p.txid, std::mem::take(&mut p.unwritten)),
@@ -462,36 +462,26 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
     if batch.is_empty() && seals.is_none() {
         return Ok(());
     }
-    let written: Vec<Written> = batch
-        .iter()
-        .map(|e| Written {
-            workspace: e.workspace,
-            txn_seq: e.txn_seq,
-            mac: e.mac,
-            subxact: e.subxact,
-        })
-        .collect();
-    *FLUSHING.borrow_mut() = batch;
-    let mut in_flight = InFlight(Some(written));
-    let mut args = vec![txid.into()];
-    let query = match seals {
-        Some(seals) => {
-            args.extend([
-                seals.workspace.into(),
-                seals.entries.into(),
-                seals.mac.into(),
-            ]);
-            format!(
-                "WITH written AS ({INSERT_ENTRIES} RETURNING 1)
-                 INSERT INTO warden.audit_seals (workspace_id, txid, entries, mac)
-                 SELECT s.workspace_id, $1, s.entries, s.mac
-                   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4))
-                        AS s(workspace_id, entries, mac)"
-            )
+    let mut in_flight = InFlight(Some(
+        batch
+            .iter()
+            .map(|e| Written {
+                workspace: e.workspace,
+                txn_seq: e.txn_seq,
+                mac: e.mac,
+                subxact: e.subxact,
+            })
+            .collect(),
+    ));
+    as_extension_owner(|| {
+        if !batch.is_empty() {
+            write_entries(txid, &batch)?;
         }
-        None => INSERT_ENTRIES.to_string(),
-    };
-    as_extension_owner(|| execute(&query, &args))?;
+        if let Some(seals) = &seals {
+            write_seals(txid, seals)?;
+        }
+        Ok(())
+    })?;
     let written = in_flight.0.take().unwrap_or_default();
     if let Some(p) = &mut *PENDING.borrow_mut() {
         p.written.extend(written);
@@ -499,15 +489,79 @@ fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
     Ok(())
 }
 
+fn write_entries(txid: i64, batch: &[Ready]) -> Result<(), WardenError> {
+    use append::Value::{self, Bytea, Int4, Int8, Jsonb, Null, Text, TimestampTz};
+    fn text(v: &Option<String>) -> Value<'_> {
+        v.as_deref().map_or(Null, Text)
+    }
+    fn jsonb(v: &Option<String>) -> Value<'_> {
+        v.as_deref().map_or(Null, Jsonb)
+    }
+    fn uuid(v: &Option<[u8; 16]>) -> Value<'_> {
+        v.as_ref().map_or(Null, Value::Uuid)
+    }
+    let mut log = append::Appender::open(
+        c"audit_log",
+        &[
+            "txid",
+            "at",
+            "txn_seq",
+            "workspace_id",
+            "actor",
+            "db_role",
+            "action",
+            "target",
+            "row_key",
+            "old_values",
+            "new_values",
+            "detail",
+            "mac",
+        ],
+    )?;
+    for e in batch {
+        log.append(&[
+            Int8(txid),
+            TimestampTz(e.at),
+            Int4(e.txn_seq),
+            uuid(&e.workspace),
+            uuid(&e.actor),
+            Text(&e.db_role),
+            Text(&e.action),
+            text(&e.target),
+            jsonb(&e.row_key),
+            jsonb(&e.old_values),
+            jsonb(&e.new_values),
+            jsonb(&e.detail),
+            Bytea(&e.mac),
+        ])?;
+    }
+    log.finish();
+    Ok(())
+}
+
+fn write_seals(txid: i64, seals: &SealColumns) -> Result<(), WardenError> {
+    use append::Value::{Bytea, Int4, Int8, Null, Uuid};
+    let mut table =
+        append::Appender::open(c"audit_seals", &["workspace_id", "txid", "entries", "mac"])?;
+    for ((workspace, entries), mac) in seals.workspace.iter().zip(&seals.entries).zip(&seals.mac) {
+        table.append(&[
+            workspace.as_ref().map_or(Null, Uuid),
+            Int8(txid),
+            Int4(*entries),
+            Bytea(mac),
+        ])?;
+    }
+    table.finish();
+    Ok(())
+}
+
 /// A flush under way: if it does not finish (a PostgreSQL error unwinds
 /// through it, or it returns one), its entries are gone with the failed
-/// INSERT; they are remembered as lost, and the buffer it was reading is
-/// dropped.
+/// subtransaction; they are remembered as lost.
 struct InFlight(Option<Vec<Written>>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        FLUSHING.borrow_mut().clear();
         if let Some(unwritten) = self.0.take() {
             if let Some(p) = &mut *PENDING.borrow_mut() {
                 p.lost.extend(unwritten.iter().map(|w| w.subxact));
@@ -516,55 +570,10 @@ impl Drop for InFlight {
     }
 }
 
-/// The entries a flush is writing, for `audit_pending_entries()`.
-static FLUSHING: BackendLocal<RefCell<Vec<Ready>>> = BackendLocal::new(RefCell::new(Vec::new()));
-
-/// One entry as `warden.audit_pending_entries()` returns it.
-pub type PendingRow = (
-    TimestampWithTimeZone,
-    i32,
-    Option<Uuid>,
-    Option<Uuid>,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Vec<u8>,
-);
-
-/// Hands the entries being flushed to the INSERT that writes them (and
-/// nothing outside a flush).
-pub fn take_flushing() -> Result<Vec<PendingRow>, WardenError> {
-    std::mem::take(&mut *FLUSHING.borrow_mut())
-        .into_iter()
-        .map(|e| {
-            let at = TimestampWithTimeZone::try_from(e.at)
-                .map_err(|err| WardenError::Internal(err.to_string()))?;
-            Ok((
-                at,
-                e.txn_seq,
-                e.workspace.map(Uuid::from_bytes),
-                e.actor.map(Uuid::from_bytes),
-                e.db_role,
-                e.action,
-                e.target,
-                e.row_key,
-                e.old_values,
-                e.new_values,
-                e.detail,
-                e.mac.to_vec(),
-            ))
-        })
-        .collect()
-}
-
 /// One seal per workspace, as column arrays.
 #[derive(Default)]
 struct SealColumns {
-    workspace: Vec<Option<Uuid>>,
+    workspace: Vec<Option<[u8; 16]>>,
     entries: Vec<i32>,
     mac: Vec<Vec<u8>>,
 }
@@ -577,13 +586,6 @@ pub fn forget_subtransaction(subxact: pg_sys::SubTransactionId) {
         p.lost.retain(|s| *s < subxact);
     }
 }
-
-const INSERT_ENTRIES: &str = "INSERT INTO warden.audit_log (txid, at, txn_seq, workspace_id, actor,
-                                db_role, action, target, row_key, old_values, new_values, detail, mac)
-     SELECT $1, e.at, e.txn_seq, e.workspace_id, e.actor, e.db_role, e.action, e.target,
-            e.row_key::pg_catalog.jsonb, e.old_values::pg_catalog.jsonb,
-            e.new_values::pg_catalog.jsonb, e.detail::pg_catalog.jsonb, e.mac
-       FROM warden.audit_pending_entries() AS e";
 
 const BLOCK_LABEL: &[u8] = b"pg_warden/v1/audit-block";
 
@@ -699,7 +701,7 @@ fn seal_and_chain() -> Result<(), WardenError> {
         let mut seals = SealColumns::default();
         for chunk in all.chunk_by(|a, b| a.0 == b.0) {
             let macs: Vec<Vec<u8>> = chunk.iter().map(|(_, _, m)| m.to_vec()).collect();
-            seals.workspace.push(chunk[0].0.map(Uuid::from_bytes));
+            seals.workspace.push(chunk[0].0);
             seals.entries.push(macs.len() as i32);
             seals
                 .mac
@@ -711,11 +713,7 @@ fn seal_and_chain() -> Result<(), WardenError> {
         *PENDING.borrow_mut() = None;
         return Ok(());
     }
-    let workspaces: Vec<Option<[u8; 16]>> = seals
-        .workspace
-        .iter()
-        .map(|w| w.map(|u| *u.as_bytes()))
-        .collect();
+    let workspaces = seals.workspace.clone();
     flush(Some(seals))?;
     *PENDING.borrow_mut() = None;
     // Another transaction's view of the last block could be stale outside
@@ -739,16 +737,25 @@ fn seal_and_chain() -> Result<(), WardenError> {
     Ok(())
 }
 
-/// Seals this backend wrote since it last tried to chain.
-static SEALS_SINCE_CHAINING: BackendLocal<Cell<u32>> = BackendLocal::new(Cell::new(0));
+/// When this backend last tried to chain (a transaction start time).
+static LAST_CHAINING: BackendLocal<Cell<i64>> = BackendLocal::new(Cell::new(i64::MIN));
 
-/// Each backend tries to chain at every eighth seal it writes: chaining
-/// costs a few queries, and any committer (or verify_audit) chains what
-/// every backend has sealed so far.
+/// How often a backend that keeps committing audited transactions tries to
+/// chain (microseconds).
+const CHAIN_INTERVAL: i64 = 1_000_000;
+
+/// A backend tries to chain at its first audited commit after a second has
+/// passed since it last tried: chaining costs a few queries, and any
+/// committer (or verify_audit) chains what every backend has sealed so far.
+/// So the seals of committed transactions wait at most about a second for
+/// a block while writes go on; a quiet backend chains at every commit.
 fn due_to_chain() -> bool {
-    let n = SEALS_SINCE_CHAINING.get() + 1;
-    let due = n >= 8;
-    SEALS_SINCE_CHAINING.set(if due { 0 } else { n });
+    // SAFETY: reads the transaction's start time.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let due = now.saturating_sub(LAST_CHAINING.get()) >= CHAIN_INTERVAL;
+    if due {
+        LAST_CHAINING.set(now);
+    }
     due
 }
 

@@ -95,19 +95,28 @@ pub fn previous() -> Result<Option<MasterKeys>, WardenError> {
     }
 }
 
+/// How long keys read from an unchanged setting are used before the file
+/// is checked again (microseconds).
+const RECHECK_INTERVAL: i64 = 1_000_000;
+
 /// The keys derived from the current master key, loading it if needed.
 pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
-    // A reload is processed between statements, and a key file
-    // is replaced, not edited in place: check the source once per
-    // transaction, not per row.
+    // A changed setting (a reload) is taken at once. An unchanged one is
+    // checked again at the first transaction a second or more after the
+    // last check: a key file is replaced, or its mode changed, rarely, and
+    // a stat(2) per transaction is a measurable share of a short one.
     // SAFETY: reads the transaction's start time.
     let transaction = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let this_transaction = CURRENT
+    let recent = CURRENT
         .borrow()
         .as_ref()
-        .filter(|l| l.checked_at == transaction)
+        .filter(|l| {
+            transaction >= l.checked_at
+                && transaction - l.checked_at < RECHECK_INTERVAL
+                && same_setting(&l.source, &CURRENT_SETTINGS)
+        })
         .map(|l| l.keys.clone());
-    if let Some(keys) = this_transaction {
+    if let Some(keys) = recent {
         return Ok(keys);
     }
     let source = locate(&CURRENT_SETTINGS)?;
@@ -123,6 +132,16 @@ pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
         checked_at: transaction,
     });
     Ok(keys)
+}
+
+/// Whether the settings still name `source` (no file system access).
+fn same_setting(source: &Source, settings: &KeySettings) -> bool {
+    match (source, non_empty(settings.file)) {
+        (Source::File { path, .. }, Some(file)) => *path == file,
+        (Source::File { .. }, None) => false,
+        (Source::Command(command), None) => non_empty(settings.command).as_ref() == Some(command),
+        (Source::Command(_), Some(_)) => false,
+    }
 }
 
 fn non_empty(setting: &'static GucSetting<Option<CString>>) -> Option<CString> {

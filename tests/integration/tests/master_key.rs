@@ -50,6 +50,22 @@ fn master_key_sources_refusals_and_rotation() {
     )
     .unwrap();
 
+    // A session that has read the key notices a change to the file it
+    // uses within about a second (it is not stat'ed in every transaction).
+    let log_event = |client: &mut Client| {
+        client
+            .execute("SELECT warden.log_event('regress.check', 'k1')", &[])
+            .map(|_| ())
+            .map_err(|e| sqlstate(&e))
+    };
+    assert_eq!(log_event(&mut a), Ok(()));
+    c.shell_as_pg(&format!("chmod 0644 {}", k1.display()));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(log_event(&mut a).err().as_deref(), Some("F0000"));
+    c.shell_as_pg(&format!("chmod 0600 {}", k1.display()));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(log_event(&mut a), Ok(()));
+
     // A key file others can read is refused, whatever it holds.
     c.shell_as_pg(&format!(
         "cp {k} {dir}/loose.key && chmod 0644 {dir}/loose.key",

@@ -246,7 +246,7 @@ DROP SCHEMA regress_renamed CASCADE;
 SET ROLE regress_admin;
 SELECT warden.purge_audit(now() + interval '1 day') > 0 AS purged_some;
 SELECT count(*) AS entries_left FROM warden.audit_log;
-SELECT workspace_id, purge IS NOT NULL AS purge_mark, purge->'purged_through_seq' AS through FROM warden.audit_blocks ORDER BY 1, seq;
+SELECT workspace_id, purge IS NOT NULL AS purge_mark, (purge->>'purged_through_seq')::bigint = seq - 1 AS marks_all_before FROM warden.audit_blocks ORDER BY 1, seq;
 SELECT * FROM warden.verify_audit();
 SELECT regress.error_of($$SELECT warden.purge_audit(NULL)$$);
 RESET ROLE;

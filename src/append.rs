@@ -1,0 +1,311 @@
+//! Appending rows to pg_warden's own trail tables without planning or
+//! starting an executor for each statement.
+//!
+//! At COMMIT an audited transaction writes its entries and seals. Through
+//! SPI that is a planned INSERT whose executor start-up (result relations,
+//! indexes, projections, a function scan) cost more than the rows it wrote:
+//! for a single-row transaction, about a fifth of the backend's time
+//! (profiled with `perf`, bench/audit_clients.sh). This follows what
+//! PostgreSQL's own logical replication apply does for an INSERT
+//! (`ExecSimpleRelationInsert`): open the table, check its constraints,
+//! `table_tuple_insert`, then `ExecInsertIndexTuples` for every index,
+//! unique checks and expression indexes included. It is used only for
+//! tables of the extension itself, written as their owner: there are no
+//! privileges to check, no row level security on insert (not FORCEd) and no
+//! insert triggers (the trail's triggers refuse UPDATE, DELETE and TRUNCATE;
+//! a trigger someone adds for INSERT does not fire: the README says so).
+//! The rows are WAL-logged as any INSERT's, so physical and logical
+//! replication carry them.
+
+use crate::backend::BackendLocal;
+use crate::error::WardenError;
+use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
+use std::cell::RefCell;
+
+/// One value of a row being appended; converted to a datum in the
+/// per-row memory context.
+pub enum Value<'a> {
+    Null,
+    Int4(i32),
+    Int8(i64),
+    TimestampTz(i64),
+    Uuid(&'a [u8; 16]),
+    Text(&'a str),
+    /// JSON text (pg_warden's canonical form), stored as jsonb.
+    Jsonb(&'a str),
+    Bytea(&'a [u8]),
+}
+
+/// A table of the extension opened for appending rows; `finish` closes it.
+pub struct Appender {
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    /// For each of the row's values, its attribute number - 1.
+    positions: Vec<usize>,
+    /// The identity column (attribute number - 1) and its sequence.
+    identity: Option<(usize, pg_sys::Oid)>,
+}
+
+impl Appender {
+    /// Opens `warden.<table>` (row exclusive lock, held to the end of the
+    /// transaction) for rows of `columns`, in that order; a column left
+    /// out gets its identity value if it is the identity column, otherwise
+    /// NULL (pg_warden's tables have no other defaults on these paths).
+    pub fn open(table: &std::ffi::CStr, columns: &[&str]) -> Result<Appender, WardenError> {
+        // SAFETY: syscache lookups; table_open raises if the table is gone.
+        let rel = unsafe {
+            let schema = pg_sys::get_namespace_oid(c"warden".as_ptr(), false);
+            let relid = pg_sys::get_relname_relid(table.as_ptr(), schema);
+            if relid == pg_sys::InvalidOid {
+                return Err(WardenError::Internal(format!(
+                    "warden.{} is missing",
+                    table.to_string_lossy()
+                )));
+            }
+            pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32)
+        };
+        // SAFETY: `rel` is open.
+        let plain_table = unsafe { (*(*rel).rd_rel).relkind } as u8 == pg_sys::RELKIND_RELATION;
+        if !plain_table {
+            // (A partitioned or foreign table has no heap to append to.)
+            // SAFETY: as above; the lock is kept until the transaction ends.
+            unsafe { pg_sys::table_close(rel, pg_sys::NoLock as i32) };
+            return Err(WardenError::Internal(format!(
+                "warden.{} is not a plain table",
+                table.to_string_lossy()
+            )));
+        }
+        // SAFETY: `rel` is open; its tuple descriptor lives as long.
+        let (natts, attrs) = unsafe {
+            let desc = (*rel).rd_att;
+            let natts = (*desc).natts as usize;
+            (natts, (*desc).attrs.as_slice(natts))
+        };
+        let name_of = |a: &pg_sys::FormData_pg_attribute| {
+            // SAFETY: attname is a NUL-terminated NameData.
+            unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }
+        };
+        let mut positions = Vec::with_capacity(columns.len());
+        for column in columns {
+            let at = attrs
+                .iter()
+                .position(|a| !a.attisdropped && name_of(a).to_bytes() == column.as_bytes())
+                .ok_or_else(|| {
+                    WardenError::Internal(format!(
+                        "warden.{} has no column {column}",
+                        table.to_string_lossy()
+                    ))
+                })?;
+            positions.push(at);
+        }
+        let identity = attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.attidentity != 0)
+            .filter(|at| !positions.contains(at))
+            .map(|at| (at, identity_sequence(rel, at)));
+        // SAFETY: the executor state lives in a child of the current memory
+        // context (freed by `finish`, or with the transaction on an error);
+        // the result relation and slot are set up as the replication apply
+        // worker sets up its own (create_estate_for_relation).
+        unsafe {
+            let estate = pg_sys::CreateExecutorState();
+            (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+            let rri = pg_sys::MemoryContextAllocZero(
+                (*estate).es_query_cxt,
+                std::mem::size_of::<pg_sys::ResultRelInfo>(),
+            )
+            .cast::<pg_sys::ResultRelInfo>();
+            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
+            #[cfg(feature = "pg13")]
+            {
+                (*estate).es_result_relations = rri;
+                (*estate).es_num_result_relations = 1;
+                (*estate).es_result_relation_info = rri;
+            }
+            pg_sys::ExecOpenIndices(rri, false);
+            // Index expressions are evaluated in it; our values are built in it.
+            pg_sys::MakePerTupleExprContext(estate);
+            let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsVirtual);
+            debug_assert!(natts == (*(*slot).tts_tupleDescriptor).natts as usize);
+            Ok(Appender {
+                rel,
+                estate,
+                rri,
+                slot,
+                positions,
+                identity,
+            })
+        }
+    }
+
+    /// Appends one row: `values` in the order of the columns given to `open`.
+    pub fn append(&mut self, values: &[Value<'_>]) -> Result<(), WardenError> {
+        if values.len() != self.positions.len() {
+            return Err(WardenError::Internal("a row of the wrong width".into()));
+        }
+        // SAFETY: the slot's arrays have one entry per attribute; every
+        // datum is built in the per-row context, reset after the row is
+        // stored (table_tuple_insert copies it into the page, and the index
+        // inserts are done by then).
+        unsafe {
+            let estate = self.estate;
+            let row_memory = (*(*estate).es_per_tuple_exprcontext).ecxt_per_tuple_memory;
+            let slot = self.slot;
+            // ExecClearTuple (an inline function in C).
+            if let Some(clear) = (*(*slot).tts_ops).clear {
+                clear(slot);
+            }
+            let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+            let datums = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+            nulls.fill(true);
+            datums.fill(pg_sys::Datum::from(0));
+            PgMemoryContexts::For(row_memory).switch_to(|_| -> Result<(), WardenError> {
+                for (value, &at) in values.iter().zip(&self.positions) {
+                    if let Some(datum) = to_datum(value)? {
+                        datums[at] = datum;
+                        nulls[at] = false;
+                    }
+                }
+                if let Some((at, sequence)) = self.identity {
+                    datums[at] = pgrx::direct_function_call_as_datum(
+                        pg_sys::nextval_oid,
+                        &[sequence.into_datum()],
+                    )
+                    .ok_or_else(|| WardenError::Internal("nextval returned NULL".into()))?;
+                    nulls[at] = false;
+                }
+                Ok(())
+            })?;
+            pg_sys::ExecStoreVirtualTuple(slot);
+            let constr = (*(*self.rel).rd_att).constr;
+            if !constr.is_null() {
+                pg_sys::ExecConstraints(self.rri, slot, estate);
+            }
+            pg_sys::simple_table_tuple_insert(self.rel, slot);
+            if (*self.rri).ri_NumIndices > 0 {
+                insert_index_tuples(self.rri, slot, estate);
+            }
+            pg_sys::MemoryContextReset(row_memory);
+        }
+        Ok(())
+    }
+
+    /// Closes the indexes and the table (the lock is kept to the end of the
+    /// transaction) and frees the executor state; the rows become visible
+    /// to the transaction's next command.
+    pub fn finish(self) {
+        // SAFETY: everything here was opened by `open`.
+        unsafe {
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+}
+
+/// (table, attribute number - 1, sequence) of identity columns looked up;
+/// emptied whenever the relation cache is invalidated for one of them.
+static IDENTITIES: BackendLocal<RefCell<Vec<(pg_sys::Oid, usize, pg_sys::Oid)>>> =
+    BackendLocal::new(RefCell::new(Vec::new()));
+
+/// Watches the relation cache for [`IDENTITIES`]; call once from _PG_init.
+pub fn init() {
+    // SAFETY: called once from _PG_init with a plain function.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0))
+    };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // A plain borrow: nothing else holds it while a callback can run.
+    if let Ok(mut cached) = IDENTITIES.try_borrow_mut() {
+        cached.retain(|(table, _, _)| relid != pg_sys::InvalidOid && *table != relid);
+    }
+}
+
+/// The sequence behind an identity column (its lookup scans pg_depend:
+/// cached until the table's relation cache entry is invalidated, as an
+/// ALTER TABLE does).
+fn identity_sequence(rel: pg_sys::Relation, at: usize) -> pg_sys::Oid {
+    // SAFETY: `rel` is open.
+    let relid = unsafe { (*rel).rd_id };
+    let cached = IDENTITIES
+        .borrow()
+        .iter()
+        .find(|(table, column, _)| *table == relid && *column == at)
+        .map(|(_, _, sequence)| *sequence);
+    if let Some(sequence) = cached {
+        return sequence;
+    }
+    let sequence = look_up_identity_sequence(rel, at);
+    IDENTITIES.borrow_mut().push((relid, at, sequence));
+    sequence
+}
+
+fn look_up_identity_sequence(rel: pg_sys::Relation, at: usize) -> pg_sys::Oid {
+    let attnum = (at + 1) as pg_sys::AttrNumber;
+    // SAFETY: `rel` is open; raises if the sequence is missing.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+        {
+            pg_sys::getIdentitySequence((*rel).rd_id, attnum, false)
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
+        {
+            pg_sys::getIdentitySequence(rel, attnum, false)
+        }
+    }
+}
+
+/// `ExecInsertIndexTuples` as each major version spells it.
+unsafe fn insert_index_tuples(
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+) {
+    let arbiters = std::ptr::null_mut();
+    let conflict = std::ptr::null_mut();
+    // SAFETY: as the caller's: an open result relation with its indexes,
+    // and a stored slot.
+    unsafe {
+        #[cfg(feature = "pg13")]
+        {
+            let _ = rri;
+            pg_sys::ExecInsertIndexTuples(slot, estate, false, conflict, arbiters);
+        }
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, conflict, arbiters);
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, conflict, arbiters, false);
+    }
+}
+
+fn to_datum(value: &Value<'_>) -> Result<Option<pg_sys::Datum>, WardenError> {
+    Ok(match value {
+        Value::Null => None,
+        Value::Int4(v) => Some(pg_sys::Datum::from(*v)),
+        Value::Int8(v) | Value::TimestampTz(v) => Some(pg_sys::Datum::from(*v)),
+        Value::Uuid(bytes) => pgrx::Uuid::from_bytes(**bytes).into_datum(),
+        Value::Text(s) => s.into_datum(),
+        Value::Bytea(b) => b.into_datum(),
+        Value::Jsonb(s) => {
+            let text = std::ffi::CString::new(*s)
+                .map_err(|_| WardenError::Internal("JSON text with a NUL byte".into()))?;
+            // SAFETY: jsonb_in reads the NUL-terminated text during the call.
+            unsafe {
+                pgrx::direct_function_call_as_datum(
+                    pg_sys::jsonb_in,
+                    &[pg_sys::Datum::from(text.as_ptr()).into()],
+                )
+            }
+        }
+    })
+}
