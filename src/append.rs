@@ -78,12 +78,11 @@ impl Appender {
                 table.to_string_lossy()
             )));
         }
-        // SAFETY: `rel` is open; its tuple descriptor lives as long.
-        let (natts, attrs) = unsafe {
-            let desc = (*rel).rd_att;
-            let natts = (*desc).natts as usize;
-            (natts, (*desc).attrs.as_slice(natts))
-        };
+        // SAFETY: `rel` is open; its tuple descriptor lives as long. (Not
+        // reference-counted by this wrapper: nothing is released on drop.)
+        let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
+        let natts = desc.len();
+        let attrs: Vec<&pg_sys::FormData_pg_attribute> = desc.iter().collect();
         let name_of = |a: &pg_sys::FormData_pg_attribute| {
             // SAFETY: attname is a NUL-terminated NameData.
             unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }
