@@ -55,6 +55,12 @@ impl Appender {
     /// out gets its identity value if it is the identity column, otherwise
     /// NULL (pg_warden's tables have no other defaults on these paths).
     pub fn open(table: &std::ffi::CStr, columns: &[&str]) -> Result<Appender, WardenError> {
+        // SAFETY: raise (25006) in a read-only transaction, and in parallel
+        // mode, as an INSERT would (the executor's ExecCheckXactReadOnly).
+        unsafe {
+            pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
+            pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
+        }
         // SAFETY: syscache lookups; table_open raises if the table is gone.
         let rel = unsafe {
             let schema = pg_sys::get_namespace_oid(c"warden".as_ptr(), false);

@@ -51,6 +51,13 @@ SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
                           '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
 INSERT INTO public.notes VALUES ('aaaaaaaa-0000-4000-8000-000000000000', 'rolled back');
 ROLLBACK;
+-- A read-only transaction cannot write the trail: its COMMIT is refused
+-- (25006) and leaves nothing.
+BEGIN READ ONLY;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
+SELECT warden.log_event('export', 'read only');
+COMMIT;
 -- Workspace B writes too.
 BEGIN;
 SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
