@@ -454,6 +454,10 @@ fn log_event(
     detail: default!(Option<JsonB>, "NULL"),
 ) -> SqlResult<()> {
     let action = required(action, "action")?;
+    // The entry would be written at COMMIT, which a read-only transaction
+    // refuses (25006): say so now, where the application can see why.
+    // SAFETY: raises an ERROR in a read-only transaction, nothing else.
+    unsafe { pg_sys::PreventCommandIfReadOnly(c"warden.log_event()".as_ptr()) };
     audit::record(Entry {
         workspace: None,
         action: action.to_string(),

@@ -51,13 +51,18 @@ SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
                           '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
 INSERT INTO public.notes VALUES ('aaaaaaaa-0000-4000-8000-000000000000', 'rolled back');
 ROLLBACK;
--- A read-only transaction cannot write the trail: its COMMIT is refused
--- (25006) and leaves nothing.
+-- A read-only transaction cannot write the trail: log_event says so at
+-- once (25006); a temporary table written there (allowed read-only) makes
+-- the COMMIT refuse (25006), leaving nothing.
+CREATE TEMPORARY TABLE scratch (n int PRIMARY KEY);
+SELECT warden.enable_audit('scratch');
 BEGIN READ ONLY;
 SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
                           '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
-SELECT warden.log_event('export', 'read only');
+SELECT regress.error_of($$SELECT warden.log_event('export', 'read only')$$);
+INSERT INTO scratch VALUES (1);
 COMMIT;
+DROP TABLE scratch;
 -- Workspace B writes too.
 BEGIN;
 SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
