@@ -45,6 +45,10 @@ pub struct Appender {
     slot: *mut pg_sys::TupleTableSlot,
     /// For each of the row's values, its attribute number - 1.
     positions: Vec<usize>,
+    /// For each of the row's values, whether its column is NOT NULL.
+    not_null: Vec<bool>,
+    /// Whether the table has CHECK constraints (run through the executor).
+    has_checks: bool,
     /// The identity column (attribute number - 1) and its sequence.
     identity: Option<(usize, pg_sys::Oid)>,
 }
@@ -52,8 +56,9 @@ pub struct Appender {
 impl Appender {
     /// Opens `warden.<table>` (row exclusive lock, held to the end of the
     /// transaction) for rows of `columns`, in that order; a column left
-    /// out gets its identity value if it is the identity column, otherwise
-    /// NULL (pg_warden's tables have no other defaults on these paths).
+    /// out gets its identity value if it is the identity column; any other
+    /// column left out must be nullable, without a default and not
+    /// generated (this path evaluates none), or the table is refused.
     pub fn open(table: &std::ffi::CStr, columns: &[&str]) -> Result<Appender, WardenError> {
         // SAFETY: raise (25006) in a read-only transaction, and in parallel
         // mode, as an INSERT would (the executor's ExecCheckXactReadOnly).
@@ -84,66 +89,112 @@ impl Appender {
                 table.to_string_lossy()
             )));
         }
+        match Self::set_up(rel, table, columns) {
+            Ok(appender) => Ok(appender),
+            Err(e) => {
+                // SAFETY: opened above; the lock is kept until the
+                // transaction ends.
+                unsafe { pg_sys::table_close(rel, pg_sys::NoLock as i32) };
+                Err(e)
+            }
+        }
+    }
+
+    fn set_up(
+        rel: pg_sys::Relation,
+        table: &std::ffi::CStr,
+        columns: &[&str],
+    ) -> Result<Appender, WardenError> {
+        let refuse = |what: String| {
+            WardenError::Internal(format!("warden.{} {what}", table.to_string_lossy()))
+        };
         // SAFETY: `rel` is open; its tuple descriptor lives as long. (Not
         // reference-counted by this wrapper: nothing is released on drop.)
         let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
-        let natts = desc.len();
         let attrs: Vec<&pg_sys::FormData_pg_attribute> = desc.iter().collect();
         let name_of = |a: &pg_sys::FormData_pg_attribute| {
             // SAFETY: attname is a NUL-terminated NameData.
             unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
         };
         let mut positions = Vec::with_capacity(columns.len());
         for column in columns {
             let at = attrs
                 .iter()
-                .position(|a| !a.attisdropped && name_of(a).to_bytes() == column.as_bytes())
-                .ok_or_else(|| {
-                    WardenError::Internal(format!(
-                        "warden.{} has no column {column}",
-                        table.to_string_lossy()
-                    ))
-                })?;
+                .position(|a| !a.attisdropped && name_of(a) == *column)
+                .ok_or_else(|| refuse(format!("has no column {column}")))?;
             positions.push(at);
         }
         let identity = attrs
             .iter()
             .position(|a| !a.attisdropped && a.attidentity != 0)
-            .filter(|at| !positions.contains(at))
-            .map(|at| (at, identity_sequence(rel, at)));
-        // SAFETY: the executor state lives in a child of the current memory
-        // context (freed by `finish`, or with the transaction on an error);
-        // the result relation and slot are set up as the replication apply
-        // worker sets up its own (create_estate_for_relation).
+            .filter(|at| !positions.contains(at));
+        // Nothing here evaluates defaults or generated columns: a column
+        // left out must be one that may be NULL and has neither.
+        for (at, a) in attrs.iter().enumerate() {
+            let left_out = !a.attisdropped && !positions.contains(&at) && identity != Some(at);
+            if left_out && (a.attnotnull || a.atthasdef || a.attgenerated != 0) {
+                return Err(refuse(format!(
+                    "has a column pg_warden does not fill: {}",
+                    name_of(a)
+                )));
+            }
+        }
+        let not_null: Vec<bool> = positions.iter().map(|&at| attrs[at].attnotnull).collect();
+        let identity = identity.map(|at| (at, identity_sequence(rel, at)));
+        // SAFETY: `rel` is open.
+        let has_checks = unsafe {
+            let constr = (*(*rel).rd_att).constr;
+            !constr.is_null() && (*constr).num_check > 0
+        };
+        // SAFETY: the executor state, result relation, index information
+        // and slot all live in the executor state's memory (freed by
+        // `finish`, or with the transaction on an error), set up as the
+        // replication apply worker sets up its own
+        // (create_estate_for_relation).
         unsafe {
             let estate = pg_sys::CreateExecutorState();
-            (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
-            let rri = pg_sys::MemoryContextAllocZero(
-                (*estate).es_query_cxt,
-                std::mem::size_of::<pg_sys::ResultRelInfo>(),
-            )
-            .cast::<pg_sys::ResultRelInfo>();
-            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-            pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
-            #[cfg(feature = "pg13")]
-            {
-                (*estate).es_result_relations = rri;
-                (*estate).es_num_result_relations = 1;
-                (*estate).es_result_relation_info = rri;
-            }
-            pg_sys::ExecOpenIndices(rri, false);
-            // Index expressions are evaluated in it; our values are built in it.
-            pg_sys::MakePerTupleExprContext(estate);
-            let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsVirtual);
-            debug_assert!(natts == (*(*slot).tts_tupleDescriptor).natts as usize);
-            Ok(Appender {
+            let query_memory = (*estate).es_query_cxt;
+            let (rri, slot) = PgMemoryContexts::For(query_memory).switch_to(|_| {
+                (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+                let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                    .cast::<pg_sys::ResultRelInfo>();
+                (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+                pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
+                #[cfg(feature = "pg13")]
+                {
+                    (*estate).es_result_relations = rri;
+                    (*estate).es_num_result_relations = 1;
+                    (*estate).es_result_relation_info = rri;
+                }
+                pg_sys::ExecOpenIndices(rri, false);
+                // Index expressions are evaluated in it; values are built in it.
+                pg_sys::MakePerTupleExprContext(estate);
+                let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsVirtual);
+                (rri, slot)
+            });
+            let appender = Appender {
                 rel,
                 estate,
                 rri,
                 slot,
                 positions,
+                not_null,
+                has_checks,
                 identity,
-            })
+            };
+            // Deferred uniqueness and exclusion constraints need a recheck
+            // this path does not do: none of our indexes has one.
+            for i in 0..(*rri).ri_NumIndices as usize {
+                let index = *(*rri).ri_IndexRelationDescs.add(i);
+                let info = *(*rri).ri_IndexRelationInfo.add(i);
+                if !(*(*index).rd_index).indimmediate || !(*info).ii_ExclusionOps.is_null() {
+                    appender.release_executor();
+                    return Err(refuse("has a deferred or exclusion constraint".into()));
+                }
+            }
+            Ok(appender)
         }
     }
 
@@ -170,10 +221,20 @@ impl Appender {
             nulls.fill(true);
             datums.fill(pg_sys::Datum::from(0));
             PgMemoryContexts::For(row_memory).switch_to(|_| -> Result<(), WardenError> {
-                for (value, &at) in values.iter().zip(&self.positions) {
-                    if let Some(datum) = to_datum(value)? {
-                        datums[at] = datum;
-                        nulls[at] = false;
+                for ((value, &at), &not_null) in
+                    values.iter().zip(&self.positions).zip(&self.not_null)
+                {
+                    match to_datum(value)? {
+                        Some(datum) => {
+                            datums[at] = datum;
+                            nulls[at] = false;
+                        }
+                        None if not_null => {
+                            return Err(WardenError::Internal(
+                                "a NULL for a NOT NULL column of the audit trail".into(),
+                            ))
+                        }
+                        None => {}
                     }
                 }
                 if let Some((at, sequence)) = self.identity {
@@ -184,17 +245,22 @@ impl Appender {
                     .ok_or_else(|| WardenError::Internal("nextval returned NULL".into()))?;
                     nulls[at] = false;
                 }
+                pg_sys::ExecStoreVirtualTuple(slot);
+                // NOT NULL is checked above; CHECK constraints (none of ours
+                // has one) through the executor. (With no range table entry:
+                // fine from 13.3 on; 13.0-13.2 would crash on a violation.)
+                if self.has_checks {
+                    pg_sys::ExecConstraints(self.rri, slot, estate);
+                }
+                // The heap copies the row into the slot's own memory
+                // (materializing it) before writing the page; the index
+                // entries are formed from that copy.
+                pg_sys::simple_table_tuple_insert(self.rel, slot);
+                if (*self.rri).ri_NumIndices > 0 {
+                    insert_index_tuples(self.rri, slot, estate);
+                }
                 Ok(())
             })?;
-            pg_sys::ExecStoreVirtualTuple(slot);
-            let constr = (*(*self.rel).rd_att).constr;
-            if !constr.is_null() {
-                pg_sys::ExecConstraints(self.rri, slot, estate);
-            }
-            pg_sys::simple_table_tuple_insert(self.rel, slot);
-            if (*self.rri).ri_NumIndices > 0 {
-                insert_index_tuples(self.rri, slot, estate);
-            }
             pg_sys::MemoryContextReset(row_memory);
         }
         Ok(())
@@ -204,13 +270,24 @@ impl Appender {
     /// transaction) and frees the executor state; the rows become visible
     /// to the transaction's next command.
     pub fn finish(self) {
-        // SAFETY: everything here was opened by `open`.
+        let rel = self.rel;
+        self.release_executor();
+        // SAFETY: opened by `open`; makes this transaction's new rows
+        // visible to its next command, as the end of an INSERT does.
+        unsafe {
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+
+    /// Drops the slot, closes the indexes and frees the executor state
+    /// (the table stays open).
+    fn release_executor(self) {
+        // SAFETY: everything here was set up by `set_up`.
         unsafe {
             pg_sys::ExecDropSingleTupleTableSlot(self.slot);
             pg_sys::ExecCloseIndices(self.rri);
             pg_sys::FreeExecutorState(self.estate);
-            pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
-            pg_sys::CommandCounterIncrement();
         }
     }
 }

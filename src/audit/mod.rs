@@ -424,7 +424,7 @@ pub fn record_as(
         }
         .mac(&keys.audit);
         p.unwritten.push(ready);
-        p.unwritten.len() >= MAX_BUFFERED
+        p.unwritten.len() - writable_from(&p.unwritten, subxact) >= MAX_BUFFERED
     };
     if full {
         flush(None)?;
@@ -454,9 +454,21 @@ pub fn key_event(
 /// full, and at commit (with the seals). Rows are appended straight to the
 /// tables and their indexes (see `crate::append`): no statement to plan or
 /// executor to start for a handful of rows.
+///
+/// Only entries recorded in the current subtransaction (or one it has
+/// released) are written: a row written here is rolled back with this
+/// subtransaction, so an entry recorded outside it, written here, would
+/// vanish with a `ROLLBACK TO` while the transaction still counts it.
+/// Those wait (in their own subtransaction's share of the buffer) for a
+/// write at their level, at the latest at commit.
 fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
+    // SAFETY: reads the current subtransaction's id.
+    let current = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let (txid, batch) = match &mut *PENDING.borrow_mut() {
-        Some(p) => (p.txid, std::mem::take(&mut p.unwritten)),
+        Some(p) => {
+            let from = writable_from(&p.unwritten, current);
+            (p.txid, p.unwritten.split_off(from))
+        }
         None => return Ok(()),
     };
     if batch.is_empty() && seals.is_none() {
@@ -553,6 +565,14 @@ fn write_seals(txid: i64, seals: &SealColumns) -> Result<(), WardenError> {
     }
     table.finish();
     Ok(())
+}
+
+/// Where the entries of subtransaction `current` (and of the ones it has
+/// released) begin in the buffer. They are its tail: the buffer is in
+/// recording order, subtransaction ids only grow, and an entry recorded
+/// before `current` began has a smaller id.
+fn writable_from(unwritten: &[Ready], current: pg_sys::SubTransactionId) -> usize {
+    unwritten.partition_point(|e| e.subxact < current)
 }
 
 /// A flush under way: if it does not finish (a PostgreSQL error unwinds

@@ -4,9 +4,10 @@
 //!
 //! The key and what is derived from it are cached per backend, keyed by
 //! where the key came from: the setting's value and, for a file, its inode,
-//! size and modification time, checked once per transaction. A
-//! configuration reload that points elsewhere,
-//! or a replaced key file, is therefore picked up at the next transaction. A command
+//! size and modification time. A transaction uses one key throughout. A
+//! configuration reload that points elsewhere is picked up at the next
+//! transaction; a replaced (or re-permissioned) key file under an unchanged
+//! setting at the first transaction a second or more after the last check. A command
 //! is re-run only when `warden.master_key_command` changes (a command can be
 //! slow: a KMS round trip) or in a new backend.
 
@@ -64,6 +65,8 @@ struct Loaded {
     keys: Rc<MasterKeys>,
     /// Start of the transaction that last checked `source`.
     checked_at: pg_sys::TimestampTz,
+    /// Start of the transaction that last used these keys.
+    used_in: pg_sys::TimestampTz,
 }
 
 static CURRENT: BackendLocal<RefCell<Option<Loaded>>> = BackendLocal::new(RefCell::new(None));
@@ -101,28 +104,35 @@ const RECHECK_INTERVAL: i64 = 1_000_000;
 
 /// The keys derived from the current master key, loading it if needed.
 pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
-    // A changed setting (a reload) is taken at once. An unchanged one is
+    // A changed setting (a reload) is taken at the next transaction. An unchanged one is
     // checked again at the first transaction a second or more after the
     // last check: a key file is replaced, or its mode changed, rarely, and
     // a stat(2) per transaction is a measurable share of a short one.
     // SAFETY: reads the transaction's start time.
     let transaction = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let recent = CURRENT
-        .borrow()
-        .as_ref()
-        .filter(|l| {
-            transaction >= l.checked_at
+    {
+        let mut current = CURRENT.borrow_mut();
+        if let Some(l) = current.as_mut() {
+            // One key for a whole transaction (its audit entries and their
+            // seal are MAC'ed under it), even across a reload between its
+            // statements.
+            if l.used_in == transaction {
+                return Ok(l.keys.clone());
+            }
+            if transaction > l.checked_at
                 && transaction - l.checked_at < RECHECK_INTERVAL
                 && same_setting(&l.source, &CURRENT_SETTINGS)
-        })
-        .map(|l| l.keys.clone());
-    if let Some(keys) = recent {
-        return Ok(keys);
+            {
+                l.used_in = transaction;
+                return Ok(l.keys.clone());
+            }
+        }
     }
     let source = locate(&CURRENT_SETTINGS)?;
     let mut current = CURRENT.borrow_mut();
     if let Some(loaded) = current.as_mut().filter(|l| l.source == source) {
         loaded.checked_at = transaction;
+        loaded.used_in = transaction;
         return Ok(loaded.keys.clone());
     }
     let keys = Rc::new(MasterKeys::derive(read(&source)?));
@@ -130,6 +140,7 @@ pub fn current() -> Result<Rc<MasterKeys>, WardenError> {
         source,
         keys: Rc::clone(&keys),
         checked_at: transaction,
+        used_in: transaction,
     });
     Ok(keys)
 }
