@@ -115,14 +115,12 @@ impl Appender {
         let name_of = |a: &pg_sys::FormData_pg_attribute| {
             // SAFETY: attname is a NUL-terminated NameData.
             unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }
-                .to_string_lossy()
-                .into_owned()
         };
         let mut positions = Vec::with_capacity(columns.len());
         for column in columns {
             let at = attrs
                 .iter()
-                .position(|a| !a.attisdropped && name_of(a) == *column)
+                .position(|a| !a.attisdropped && name_of(a).to_bytes() == column.as_bytes())
                 .ok_or_else(|| refuse(format!("has no column {column}")))?;
             positions.push(at);
         }
@@ -137,7 +135,7 @@ impl Appender {
             if left_out && (a.attnotnull || a.atthasdef || a.attgenerated != 0) {
                 return Err(refuse(format!(
                     "has a column pg_warden does not fill: {}",
-                    name_of(a)
+                    name_of(a).to_string_lossy()
                 )));
             }
         }
