@@ -17,18 +17,9 @@ SELECT g AS id, :ws::uuid AS workspace_id, md5(g::text) AS title, g % 1000 AS am
 CREATE TABLE plain (id int PRIMARY KEY, workspace_id uuid, title text, amount int);
 CREATE TABLE audited (LIKE plain INCLUDING ALL);
 CREATE TABLE plpgsql_audited (LIKE plain INCLUDING ALL);
-CREATE TABLE plpgsql_log (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), action text,
-                          tbl text, old_row jsonb, new_row jsonb);
-CREATE FUNCTION plpgsql_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO plpgsql_log (action, tbl, old_row, new_row)
-    VALUES (TG_OP, TG_TABLE_NAME,
-            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
-            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
-    RETURN NULL;
-END $$;
+SELECT bench.plpgsql_log_table() \gset
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON plpgsql_audited
-    FOR EACH ROW EXECUTE FUNCTION plpgsql_audit();
+    FOR EACH ROW EXECUTE FUNCTION bench.plpgsql_audit();
 SELECT warden.enable_audit('audited');
 VACUUM ANALYZE source;
 

@@ -10,18 +10,9 @@ CREATE TABLE plain_rows (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, wor
 CREATE TABLE audited_rows (LIKE plain_rows INCLUDING ALL);
 SELECT warden.enable_audit('audited_rows') \gset
 CREATE TABLE plpgsql_rows (LIKE plain_rows INCLUDING ALL);
-CREATE TABLE plpgsql_log (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), action text,
-                          tbl text, old_row jsonb, new_row jsonb);
-CREATE FUNCTION plpgsql_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO plpgsql_log (action, tbl, old_row, new_row)
-    VALUES (TG_OP, TG_TABLE_NAME,
-            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
-            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
-    RETURN NULL;
-END $$;
+SELECT bench.plpgsql_log_table() \gset
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON plpgsql_rows
-    FOR EACH ROW EXECUTE FUNCTION plpgsql_audit();
+    FOR EACH ROW EXECUTE FUNCTION bench.plpgsql_audit();
 SQL
 dir=$(mktemp -d)
 for t in plain_rows audited_rows plpgsql_rows; do

@@ -38,3 +38,20 @@ BEGIN
         || CASE WHEN goal IS NULL THEN '' ELSE '  goal ' || goal END;
 END
 $$;
+
+-- The PL/pgSQL audit trigger pg_warden's trail is compared with: the usual
+-- to_jsonb(OLD) / to_jsonb(NEW) into a log table. bench.plpgsql_log_table()
+-- creates that table (plpgsql_log, owned by the caller, in its current
+-- schema); the trigger writes to plpgsql_log as the search path finds it.
+CREATE OR REPLACE FUNCTION bench.plpgsql_log_table() RETURNS void LANGUAGE sql AS $$
+    CREATE TABLE plpgsql_log (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(),
+                              action text, tbl text, old_row jsonb, new_row jsonb)
+$$;
+CREATE OR REPLACE FUNCTION bench.plpgsql_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO plpgsql_log (action, tbl, old_row, new_row)
+    VALUES (TG_OP, TG_TABLE_NAME,
+            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+    RETURN NULL;
+END $$;

@@ -7,9 +7,10 @@
 //! for a single-row transaction, about a fifth of the backend's time
 //! (profiled with `perf`, bench/audit_clients.sh). This follows what
 //! PostgreSQL's own logical replication apply does for an INSERT
-//! (`ExecSimpleRelationInsert`): open the table, check its constraints,
-//! `table_tuple_insert`, then `ExecInsertIndexTuples` for every index,
-//! unique checks and expression indexes included. It is used only for
+//! (`ExecSimpleRelationInsert`): open the table, check NOT NULL (and CHECK
+//! constraints, through `ExecConstraints`), `table_tuple_insert`, then
+//! `ExecInsertIndexTuples` for every index, unique checks and expression
+//! indexes included. It is used only for
 //! tables of the extension itself, written as their owner: there are no
 //! privileges to check, no row level security on insert (not FORCEd) and no
 //! insert triggers (the trail's triggers refuse UPDATE, DELETE and TRUNCATE;

@@ -461,7 +461,7 @@ pub fn key_event(
 /// vanish with a `ROLLBACK TO` while the transaction still counts it.
 /// Those wait (in their own subtransaction's share of the buffer) for a
 /// write at their level, at the latest at commit.
-fn flush(seals: Option<SealColumns>) -> Result<(), WardenError> {
+fn flush(seals: Option<Vec<Seal>>) -> Result<(), WardenError> {
     // SAFETY: reads the current subtransaction's id.
     let current = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let (txid, batch) = match &mut *PENDING.borrow_mut() {
@@ -551,16 +551,16 @@ fn write_entries(txid: i64, batch: &[Ready]) -> Result<(), WardenError> {
     Ok(())
 }
 
-fn write_seals(txid: i64, seals: &SealColumns) -> Result<(), WardenError> {
+fn write_seals(txid: i64, seals: &[Seal]) -> Result<(), WardenError> {
     use append::Value::{Bytea, Int4, Int8, Null, Uuid};
     let mut table =
         append::Appender::open(c"audit_seals", &["workspace_id", "txid", "entries", "mac"])?;
-    for ((workspace, entries), mac) in seals.workspace.iter().zip(&seals.entries).zip(&seals.mac) {
+    for seal in seals {
         table.append(&[
-            workspace.as_ref().map_or(Null, Uuid),
+            seal.workspace.as_ref().map_or(Null, Uuid),
             Int8(txid),
-            Int4(*entries),
-            Bytea(mac),
+            Int4(seal.entries),
+            Bytea(&seal.mac),
         ])?;
     }
     table.finish();
@@ -590,12 +590,12 @@ impl Drop for InFlight {
     }
 }
 
-/// One seal per workspace, as column arrays.
-#[derive(Default)]
-struct SealColumns {
-    workspace: Vec<Option<[u8; 16]>>,
-    entries: Vec<i32>,
-    mac: Vec<Vec<u8>>,
+/// A transaction's seal in one workspace: how many entries, and the MAC
+/// over theirs.
+struct Seal {
+    workspace: Option<[u8; 16]>,
+    entries: i32,
+    mac: [u8; MAC_LEN],
 }
 
 /// A subtransaction rolled back: so did what it recorded.
@@ -718,22 +718,22 @@ fn seal_and_chain() -> Result<(), WardenError> {
             .chain(p.unwritten.iter().map(|e| (e.workspace, e.txn_seq, e.mac)))
             .collect();
         all.sort_by_key(|(ws, seq, _)| (*ws, *seq));
-        let mut seals = SealColumns::default();
-        for chunk in all.chunk_by(|a, b| a.0 == b.0) {
-            let macs: Vec<Vec<u8>> = chunk.iter().map(|(_, _, m)| m.to_vec()).collect();
-            seals.workspace.push(chunk[0].0);
-            seals.entries.push(macs.len() as i32);
-            seals
-                .mac
-                .push(seal_mac(&keys.audit, chunk[0].0, p.txid, &macs).to_vec());
-        }
-        seals
+        all.chunk_by(|a, b| a.0 == b.0)
+            .map(|chunk| {
+                let macs: Vec<Vec<u8>> = chunk.iter().map(|(_, _, m)| m.to_vec()).collect();
+                Seal {
+                    workspace: chunk[0].0,
+                    entries: macs.len() as i32,
+                    mac: seal_mac(&keys.audit, chunk[0].0, p.txid, &macs),
+                }
+            })
+            .collect::<Vec<Seal>>()
     };
-    if seals.workspace.is_empty() {
+    if seals.is_empty() {
         *PENDING.borrow_mut() = None;
         return Ok(());
     }
-    let workspaces = seals.workspace.clone();
+    let workspaces: Vec<Option<[u8; 16]>> = seals.iter().map(|s| s.workspace).collect();
     flush(Some(seals))?;
     *PENDING.borrow_mut() = None;
     // Another transaction's view of the last block could be stale outside
