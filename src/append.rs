@@ -33,8 +33,8 @@ pub enum Value<'a> {
     TimestampTz(i64),
     Uuid(&'a [u8; 16]),
     Text(&'a str),
-    /// JSON text (pg_warden's canonical form), stored as jsonb.
-    Jsonb(&'a str),
+    /// A jsonb value's varlena bytes.
+    Jsonb(&'a [u8]),
     Bytea(&'a [u8]),
 }
 
@@ -377,15 +377,13 @@ fn to_datum(value: &Value<'_>) -> Result<Option<pg_sys::Datum>, WardenError> {
         Value::Uuid(bytes) => pgrx::Uuid::from_bytes(**bytes).into_datum(),
         Value::Text(s) => s.into_datum(),
         Value::Bytea(b) => b.into_datum(),
-        Value::Jsonb(s) => {
-            let text = std::ffi::CString::new(*s)
-                .map_err(|_| WardenError::Internal("JSON text with a NUL byte".into()))?;
-            // SAFETY: jsonb_in reads the NUL-terminated text during the call.
+        Value::Jsonb(bytes) => {
+            // SAFETY: a copy in the per-row memory context (aligned, as a
+            // datum must be) of a complete jsonb varlena.
             unsafe {
-                pgrx::direct_function_call_as_datum(
-                    pg_sys::jsonb_in,
-                    &[pg_sys::Datum::from(text.as_ptr()).into()],
-                )
+                let copy = pg_sys::palloc(bytes.len()).cast::<u8>();
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+                Some(pg_sys::Datum::from(copy))
             }
         }
     })

@@ -14,7 +14,7 @@ extension_sql_file!(
 );
 
 use crate::api::policies::{column_type, table_sql, Table};
-use crate::audit::{self, Entry};
+use crate::audit::{self, jsonb, Entry, Json};
 use crate::error::{raise, required, SqlResult, WardenError};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
@@ -76,25 +76,6 @@ fn columns(trigger: &PgTrigger) -> Columns {
     }
 }
 
-fn redacted(mut row: Map<String, Value>, redact: &[String]) -> Map<String, Value> {
-    for column in redact {
-        if let Some(v) = row.get_mut(column) {
-            *v = Value::String("[redacted]".into());
-        }
-    }
-    row
-}
-
-fn key_of(row: &Map<String, Value>, key: &[String]) -> Option<Value> {
-    (!key.is_empty()).then(|| {
-        Value::Object(
-            key.iter()
-                .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
-                .collect(),
-        )
-    })
-}
-
 /// Records each changed row: action, table, primary key, old and new values
 /// (only the changed columns for UPDATE), redacted columns as
 /// `"[redacted]"`. Encrypted columns hold ciphertext and are logged as
@@ -117,49 +98,44 @@ fn audit_row<'a>(
     let op = trigger
         .op()
         .map_err(|e| WardenError::Internal(e.to_string()))?;
-    let (action, old, new) = match op {
-        PgTriggerOperation::Insert => ("INSERT", None, Some(row_json(data.tg_trigtuple, desc))),
-        PgTriggerOperation::Delete => ("DELETE", Some(row_json(data.tg_trigtuple, desc)), None),
-        PgTriggerOperation::Update => (
-            "UPDATE",
-            Some(row_json(data.tg_trigtuple, desc)),
-            Some(row_json(data.tg_newtuple, desc)),
-        ),
-        PgTriggerOperation::Truncate => {
-            return Err(WardenError::Internal("row-level TRUNCATE".into()))
-        }
-    };
-    let row_key = key_of(new.as_ref().or(old.as_ref()).unwrap(), &cols.key).map(|k| {
-        Value::Object(redacted(
-            k.as_object().cloned().unwrap_or_default(),
-            &cols.redact,
-        ))
-    });
-    let (old, new) = match (old, new) {
-        // Only what changed.
-        (Some(mut o), Some(mut n)) => {
-            let same: Vec<String> = n
-                .iter()
-                .filter(|(k, v)| o.get(*k) == Some(v))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in same {
-                o.remove(&k);
-                n.remove(&k);
+    // SAFETY: the trigger's tuples, of the relation's row type; the jsonb
+    // values live in this row's memory context until recorded.
+    let (action, row_key, old, new) = unsafe {
+        let row = |tuple| jsonb::row(tuple, desc);
+        let (action, old, new) = match op {
+            PgTriggerOperation::Insert => ("INSERT", None, Some(row(data.tg_trigtuple))),
+            PgTriggerOperation::Delete => ("DELETE", Some(row(data.tg_trigtuple)), None),
+            PgTriggerOperation::Update => (
+                "UPDATE",
+                Some(row(data.tg_trigtuple)),
+                Some(row(data.tg_newtuple)),
+            ),
+            PgTriggerOperation::Truncate => {
+                return Err(WardenError::Internal("row-level TRUNCATE".into()))
             }
-            (Some(o), Some(n))
-        }
-        other => other,
+        };
+        let whole = new.or(old).unwrap_or(std::ptr::null_mut());
+        let row_key = (!cols.key.is_empty()).then(|| jsonb::pick(whole, &cols.key, &cols.redact));
+        let (old, new) = match (old, new) {
+            // Only what changed.
+            (Some(o), Some(n)) => {
+                let (o, n) = jsonb::changed(o, n, &cols.redact);
+                (Some(o), Some(n))
+            }
+            (o, n) => (
+                o.map(|o| jsonb::redacted(o, &cols.redact)),
+                n.map(|n| jsonb::redacted(n, &cols.redact)),
+            ),
+        };
+        (action, row_key, old, new)
     };
-    let to_value =
-        |m: Option<Map<String, Value>>| m.map(|m| Value::Object(redacted(m, &cols.redact)));
     let entry = Entry {
         workspace: None,
         action: action.into(),
         target: Some(target),
-        row_key,
-        old_values: to_value(old),
-        new_values: to_value(new),
+        row_key: row_key.map(Json::Jsonb),
+        old_values: old.map(Json::Jsonb),
+        new_values: new.map(Json::Jsonb),
         detail: None,
     };
     audit::record(entry).unwrap_or_else(|e| raise(e));
@@ -274,7 +250,11 @@ fn audit_access_change<'a>(
         }
         id
     };
-    let event = |verb: &str, row: &Map<String, Value>, old, new| -> Result<(), WardenError> {
+    let event = |verb: &str,
+                 row: &Map<String, Value>,
+                 old: Option<Value>,
+                 new: Option<Value>|
+     -> Result<(), WardenError> {
         let workspace = match table.workspace {
             Some(column) => match field(row, column) {
                 Value::String(text) => Some(
@@ -294,9 +274,9 @@ fn audit_access_change<'a>(
             workspace: Some(workspace),
             action: format!("{}.{verb}", table.noun),
             target: Some(format!("warden.{}", args[0])),
-            row_key: Some(Value::Object(row_key)),
-            old_values: old,
-            new_values: new,
+            row_key: Some(Json::Value(Value::Object(row_key))),
+            old_values: old.map(Json::Value),
+            new_values: new.map(Json::Value),
             detail: None,
         })
     };
@@ -465,7 +445,7 @@ fn log_event(
         row_key: None,
         old_values: None,
         new_values: None,
-        detail: detail.map(|JsonB(v)| v),
+        detail: detail.map(|JsonB(v)| Json::Value(v)),
     })?;
     Ok(())
 }

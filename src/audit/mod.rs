@@ -3,9 +3,9 @@
 //!
 //! Tamper evidence, in three layers, all HMAC-SHA256 under a key derived
 //! from the master key:
-//! - every entry carries `mac` over every column but `id` (JSON values in a
-//!   canonical form: keys sorted, compact), so an edited or an inserted
-//!   entry does not verify;
+//! - every entry carries `mac` over every column but `id` (JSON values as
+//!   `jsonb` prints them: see `jsonb`), so an edited or an inserted entry
+//!   does not verify;
 //! - at commit, each transaction that wrote entries writes one seal per
 //!   workspace: the MAC of its entry MACs, in order, and their count. A
 //!   deleted entry breaks its transaction's seal;
@@ -28,6 +28,7 @@
 //! verifies.
 
 mod denial;
+pub mod jsonb;
 pub use denial::record_denial;
 
 use crate::append;
@@ -44,6 +45,13 @@ use std::collections::BTreeSet;
 const ENTRY_LABEL: &[u8] = b"pg_warden/v1/audit-entry";
 const SEAL_LABEL: &[u8] = b"pg_warden/v1/audit-seal";
 
+/// A JSON value of an entry: a `jsonb` built by the row trigger (in the
+/// current memory context), or a value built in Rust (events).
+pub enum Json {
+    Jsonb(*mut pg_sys::Jsonb),
+    Value(serde_json::Value),
+}
+
 /// One event, before it is written.
 pub struct Entry {
     /// The chain it belongs to: `None` for the acting context's workspace;
@@ -51,10 +59,10 @@ pub struct Entry {
     pub workspace: Option<Option<[u8; 16]>>,
     pub action: String,
     pub target: Option<String>,
-    pub row_key: Option<serde_json::Value>,
-    pub old_values: Option<serde_json::Value>,
-    pub new_values: Option<serde_json::Value>,
-    pub detail: Option<serde_json::Value>,
+    pub row_key: Option<Json>,
+    pub old_values: Option<Json>,
+    pub new_values: Option<Json>,
+    pub detail: Option<Json>,
 }
 
 /// An entry with every stored column computed, MAC included.
@@ -66,10 +74,11 @@ struct Ready {
     db_role: String,
     action: String,
     target: Option<String>,
-    row_key: Option<String>,
-    old_values: Option<String>,
-    new_values: Option<String>,
-    detail: Option<String>,
+    /// jsonb values (varlena bytes).
+    row_key: Option<Vec<u8>>,
+    old_values: Option<Vec<u8>>,
+    new_values: Option<Vec<u8>>,
+    detail: Option<Vec<u8>>,
     mac: [u8; MAC_LEN],
     /// The subtransaction that made it: gone if that one rolls back.
     subxact: pg_sys::SubTransactionId,
@@ -110,94 +119,23 @@ pub fn purging() -> bool {
     PURGING.get()
 }
 
-/// JSON with object keys sorted at every level, no whitespace, and numbers
-/// spelled as `jsonb` spells them: the form entries are stored and MAC'ed
-/// in, on write and on verify (after a round trip through `jsonb`, whose
-/// key order differs). Numbers keep their exact digits (serde_json's
-/// `arbitrary_precision`): a `numeric(30,10)` or a float's 17 digits are
-/// recorded as they are, not rounded through an f64, and a changed digit
-/// breaks the MAC.
-pub fn canonical(value: &serde_json::Value) -> String {
-    canonical_owned(value.clone())
+/// `jsonb`'s text of a JSON value built in Rust (a purge mark's): what is
+/// stored and MAC'ed.
+fn jsonb_text(value: &serde_json::Value) -> Result<String, WardenError> {
+    let jb = jsonb::parse(&value.to_string())?;
+    // SAFETY: a fresh jsonb.
+    Ok(String::from_utf8_lossy(&unsafe { jsonb::text(jb) }).into_owned())
 }
 
-/// [`canonical`] of a value we own (no copy).
-pub fn canonical_owned(mut value: serde_json::Value) -> String {
-    normalize_numbers(&mut value);
-    // serde_json's Map is a BTreeMap (the crate is built without its
-    // `preserve_order` feature, which nothing in our dependency tree turns
-    // on): serializing sorts keys at every level, with no whitespace. The
-    // #[pg_test] `canonical_json_matches_jsonb` fails if that ever changes.
-    value.to_string()
-}
-
-fn normalize_numbers(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Number(n) => {
-            if let Some(spelled) = jsonb_number(n.as_str()) {
-                if let Ok(parsed) = serde_json::from_str::<serde_json::Number>(&spelled) {
-                    *n = parsed;
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(normalize_numbers),
-        serde_json::Value::Object(map) => map.values_mut().for_each(normalize_numbers),
-        _ => {}
-    }
-}
-
-/// A JSON number as `jsonb` stores and prints it (PostgreSQL's
-/// `numeric_out(numeric_in(text))`): no exponent, no leading zeros, as many
-/// decimals as the text had after applying its exponent, no sign on zero.
-/// `None` when that is the text already (or it is not a plain JSON number).
-fn jsonb_number(text: &str) -> Option<String> {
-    let (negative, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
+/// A JSON value of an entry as stored (jsonb bytes) and as MAC'ed (its
+/// text).
+fn stored(json: Json) -> Result<(Vec<u8>, Vec<u8>), WardenError> {
+    let jb = match json {
+        Json::Jsonb(jb) => jb,
+        Json::Value(v) => jsonb::parse(&v.to_string())?,
     };
-    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
-        Some(at) => (&unsigned[..at], unsigned[at + 1..].parse::<i64>().ok()?),
-        None => (unsigned, 0),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    // jsonb refuses exponents this large anyway; leave such text alone.
-    if int.is_empty() || !all_digits(int) || !all_digits(frac) || exponent.abs() > 100_000 {
-        return None;
-    }
-    let digits = [int, frac].concat();
-    let point = int.len() as i64 + exponent;
-    let (int_part, frac_part) = if point <= 0 {
-        (
-            "0".to_string(),
-            "0".repeat(point.unsigned_abs() as usize) + &digits,
-        )
-    } else if point as usize >= digits.len() {
-        (
-            digits.clone() + &"0".repeat(point as usize - digits.len()),
-            String::new(),
-        )
-    } else {
-        (
-            digits[..point as usize].to_string(),
-            digits[point as usize..].to_string(),
-        )
-    };
-    let int_part = match int_part.trim_start_matches('0') {
-        "" => "0",
-        trimmed => trimmed,
-    };
-    let zero = int_part == "0" && frac_part.bytes().all(|b| b == b'0');
-    let mut out = String::with_capacity(text.len() + 2);
-    if negative && !zero {
-        out.push('-');
-    }
-    out.push_str(int_part);
-    if !frac_part.is_empty() {
-        out.push('.');
-        out.push_str(&frac_part);
-    }
-    (out != text).then_some(out)
+    // SAFETY: a fresh, detoasted jsonb in the current memory context.
+    Ok(unsafe { (jsonb::bytes(jb), jsonb::text(jb)) })
 }
 
 /// The stored fields of an entry as the MAC sees them.
@@ -210,10 +148,11 @@ pub struct MacFields<'a> {
     pub db_role: &'a str,
     pub action: &'a str,
     pub target: Option<&'a str>,
-    pub row_key: Option<&'a str>,
-    pub old_values: Option<&'a str>,
-    pub new_values: Option<&'a str>,
-    pub detail: Option<&'a str>,
+    /// JSON values: their `jsonb` text.
+    pub row_key: Option<&'a [u8]>,
+    pub old_values: Option<&'a [u8]>,
+    pub new_values: Option<&'a [u8]>,
+    pub detail: Option<&'a [u8]>,
 }
 
 impl MacFields<'_> {
@@ -238,10 +177,10 @@ impl MacFields<'_> {
                 self.db_role.as_bytes(),
                 self.action.as_bytes(),
                 &opt(self.target.map(str::as_bytes)),
-                &opt(self.row_key.map(str::as_bytes)),
-                &opt(self.old_values.map(str::as_bytes)),
-                &opt(self.new_values.map(str::as_bytes)),
-                &opt(self.detail.map(str::as_bytes)),
+                &opt(self.row_key),
+                &opt(self.old_values),
+                &opt(self.new_values),
+                &opt(self.detail),
             ],
         )
     }
@@ -379,7 +318,15 @@ pub fn record_as(
             pg_sys::GetCurrentSubTransactionId(),
         )
     };
-    let json = |v: Option<serde_json::Value>| v.map(canonical_owned);
+    // Stored as jsonb, MAC'ed as its text (computed before the buffer is
+    // borrowed: jsonb_in can raise).
+    let json = |v: Option<Json>| v.map(stored).transpose();
+    let (row_key, old_values) = (json(entry.row_key)?, json(entry.old_values)?);
+    let (new_values, detail) = (json(entry.new_values)?, json(entry.detail)?);
+    fn text(v: &Option<(Vec<u8>, Vec<u8>)>) -> Option<&[u8]> {
+        v.as_ref().map(|(_, t)| t.as_slice())
+    }
+    let bytes = |v: Option<(Vec<u8>, Vec<u8>)>| v.map(|(b, _)| b);
     let full = {
         let mut pending = PENDING.borrow_mut();
         let p = match &mut *pending {
@@ -393,7 +340,22 @@ pub fn record_as(
             }),
         };
         p.next_seq += 1;
-        let mut ready = Ready {
+        let mac = MacFields {
+            at,
+            txid,
+            txn_seq: p.next_seq,
+            workspace,
+            actor,
+            db_role: &db_role,
+            action: &entry.action,
+            target: entry.target.as_deref(),
+            row_key: text(&row_key),
+            old_values: text(&old_values),
+            new_values: text(&new_values),
+            detail: text(&detail),
+        }
+        .mac(&keys.audit);
+        let ready = Ready {
             at,
             txn_seq: p.next_seq,
             workspace,
@@ -401,28 +363,13 @@ pub fn record_as(
             db_role,
             action: entry.action,
             target: entry.target,
-            row_key: json(entry.row_key),
-            old_values: json(entry.old_values),
-            new_values: json(entry.new_values),
-            detail: json(entry.detail),
-            mac: [0; MAC_LEN],
+            row_key: bytes(row_key),
+            old_values: bytes(old_values),
+            new_values: bytes(new_values),
+            detail: bytes(detail),
+            mac,
             subxact,
         };
-        ready.mac = MacFields {
-            at,
-            txid,
-            txn_seq: ready.txn_seq,
-            workspace,
-            actor,
-            db_role: &ready.db_role,
-            action: &ready.action,
-            target: ready.target.as_deref(),
-            row_key: ready.row_key.as_deref(),
-            old_values: ready.old_values.as_deref(),
-            new_values: ready.new_values.as_deref(),
-            detail: ready.detail.as_deref(),
-        }
-        .mac(&keys.audit);
         p.unwritten.push(ready);
         p.unwritten.len() - writable_from(&p.unwritten, subxact) >= MAX_BUFFERED
     };
@@ -446,7 +393,7 @@ pub fn key_event(
         row_key: None,
         old_values: None,
         new_values: None,
-        detail: Some(detail),
+        detail: Some(Json::Value(detail)),
     })
 }
 
@@ -506,7 +453,7 @@ fn write_entries(txid: i64, batch: &[Ready]) -> Result<(), WardenError> {
     fn text(v: &Option<String>) -> Value<'_> {
         v.as_deref().map_or(Null, Text)
     }
-    fn jsonb(v: &Option<String>) -> Value<'_> {
+    fn jsonb(v: &Option<Vec<u8>>) -> Value<'_> {
         v.as_deref().map_or(Null, Jsonb)
     }
     fn uuid(v: &Option<[u8; 16]>) -> Value<'_> {
@@ -651,7 +598,7 @@ struct Block {
     seq: i64,
     from_txid: i64,
     to_txid: i64,
-    /// Canonical JSON on a purge mark.
+    /// A purge mark's JSON, as jsonb prints it.
     purge: Option<String>,
     prev_mac: Option<Vec<u8>>,
 }
@@ -964,17 +911,10 @@ fn stored_entries(
         )? {
             let text =
                 |i: usize| -> Result<Option<String>, WardenError> { Ok(row.get::<String>(i)?) };
-            let canon = |i: usize| -> Result<Option<String>, WardenError> {
-                Ok(text(i)?.map(|t| {
-                    serde_json::from_str::<serde_json::Value>(&t)
-                        .map(|v| canonical(&v))
-                        .unwrap_or(t)
-                }))
-            };
             let stored_mac = row.get::<Vec<u8>>(14)?.unwrap_or_default();
             let (db_role, action) = (text(7)?.unwrap_or_default(), text(8)?.unwrap_or_default());
-            let (target, row_key, old_values) = (text(9)?, canon(10)?, canon(11)?);
-            let (new_values, detail) = (canon(12)?, canon(13)?);
+            let (target, row_key, old_values) = (text(9)?, text(10)?, text(11)?);
+            let (new_values, detail) = (text(12)?, text(13)?);
             let txid = row.get::<i64>(3)?.unwrap_or_default();
             let computed = MacFields {
                 at: row
@@ -987,10 +927,10 @@ fn stored_entries(
                 db_role: &db_role,
                 action: &action,
                 target: target.as_deref(),
-                row_key: row_key.as_deref(),
-                old_values: old_values.as_deref(),
-                new_values: new_values.as_deref(),
-                detail: detail.as_deref(),
+                row_key: row_key.as_deref().map(str::as_bytes),
+                old_values: old_values.as_deref().map(str::as_bytes),
+                new_values: new_values.as_deref().map(str::as_bytes),
+                detail: detail.as_deref().map(str::as_bytes),
             }
             .mac(key);
             out.push(StoredEntry {
@@ -1018,11 +958,7 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
             None,
             &[workspace.map(Uuid::from_bytes).into()],
         )? {
-            let purge = row.get::<String>(4)?.map(|t| {
-                serde_json::from_str::<serde_json::Value>(&t)
-                    .map(|v| canonical(&v))
-                    .unwrap_or(t)
-            });
+            let purge = row.get::<String>(4)?;
             let block = Block {
                 workspace,
                 seq: row.get::<i64>(1)?.unwrap_or(0),
@@ -1198,7 +1134,7 @@ pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
                     seq: seq + 1,
                     from_txid: last_to,
                     to_txid: last_to,
-                    purge: Some(canonical(&purge)),
+                    purge: Some(jsonb_text(&purge)?),
                     prev_mac: prev,
                 };
                 insert_block(&mark, &mark.mac(&keys.audit, &[]), 0)?;
@@ -1225,64 +1161,80 @@ pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
 mod tests {
     use pgrx::prelude::*;
 
-    /// Entry MACs are computed over this form on write and again on verify
-    /// (after a round trip through jsonb, which orders keys its own way and
-    /// spells numbers as numeric does): both must give the same text, and
-    /// numbers must keep every digit.
+    use super::jsonb;
+
+    fn parse(json: &str) -> *mut pg_sys::Jsonb {
+        jsonb::parse(json).unwrap()
+    }
+
+    fn text(jb: *mut pg_sys::Jsonb) -> String {
+        // SAFETY: a fresh jsonb.
+        String::from_utf8(unsafe { jsonb::text(jb) }).unwrap()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// An UPDATE records exactly the members whose values differ, by value
+    /// and spelling (a numeric's scale, a nested document), redacted ones
+    /// as redacted; jsonb's own text is what the MAC covers.
     #[pg_test]
-    fn canonical_json_matches_jsonb() {
-        let value: serde_json::Value =
-            serde_json::from_str(r#"{"b": 1, "a": {"d": [ {"z": 1, "y": 2} ], "c": "x"}}"#)
-                .unwrap();
-        assert_eq!(
-            super::canonical(&value),
-            r#"{"a":{"c":"x","d":[{"y":2,"z":1}]},"b":1}"#
+    fn changed_members_only() {
+        let old = parse(
+            r#"{"id": 1, "n": 1.5, "doc": {"a": [1, 2]}, "same": {"b": null}, "s": "x",
+                "t": true, "gone": "v", "secret": "old", "quiet": "k"}"#,
         );
-        let samples = [
-            "0",
-            "-0",
-            "-0.0",
-            "0.000",
-            "1.50",
-            "10",
-            "-10.10e1",
-            "1e3",
-            "1E+3",
-            "1.5e-3",
-            "100e-5",
-            "2.5E-1",
-            "1e0",
-            "-1.23e2",
-            "0.1",
-            "5e-324",
-            "1e300",
-            "1.7976931348623157e308",
-            "12345678901234567890.123456789",
-            "123456789012345678901234567890",
-            "9007199254740993",
-            "-9223372036854775808",
-            "0.30000000000000004",
-        ];
-        for sample in samples {
-            let json = format!(r#"{{"v": {sample}, "nested": [{sample}, {{"w": {sample}}}]}}"#);
-            let ours = super::canonical(&serde_json::from_str(&json).unwrap());
-            let through_jsonb =
-                Spi::get_one_with_args::<String>("SELECT $1::jsonb::text", &[json.as_str().into()])
-                    .unwrap()
-                    .unwrap();
-            let theirs = super::canonical(&serde_json::from_str(&through_jsonb).unwrap());
-            assert_eq!(ours, theirs, "{sample}");
-            // And the canonical text is what jsonb stores, exactly.
-            let stored = Spi::get_one_with_args::<String>(
-                "SELECT ($1::jsonb -> 'v')::text",
-                &[json.as_str().into()],
-            )
-            .unwrap()
-            .unwrap();
-            assert!(
-                ours.contains(&format!(r#""v":{stored}"#)),
-                "{sample}: {ours} vs {stored}"
+        let new = parse(
+            r#"{"id": 1, "n": 1.50, "doc": {"a": [1, 3]}, "same": {"b": null}, "s": "x",
+                "t": false, "gone": null, "secret": "new", "quiet": "k"}"#,
+        );
+        // SAFETY: both are objects.
+        let (before, after) = unsafe { jsonb::changed(old, new, &strings(&["secret", "quiet"])) };
+        assert_eq!(
+            text(before),
+            r#"{"n": 1.5, "t": true, "doc": {"a": [1, 2]}, "gone": "v", "secret": "[redacted]"}"#
+        );
+        assert_eq!(
+            text(after),
+            r#"{"n": 1.50, "t": false, "doc": {"a": [1, 3]}, "gone": null, "secret": "[redacted]"}"#
+        );
+        // SAFETY: as above.
+        let (before, after) = unsafe { jsonb::changed(old, old, &[]) };
+        assert_eq!((text(before), text(after)), ("{}".into(), "{}".into()));
+        // The text is jsonb's output, exactly.
+        let stored = Spi::get_one_with_args::<String>(
+            "SELECT $1::jsonb::text",
+            &[r#"{"n":1.50,"doc":{"a":[1,3]},"t":false}"#.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            text(parse(r#"{"n":1.50,"doc":{"a":[1,3]},"t":false}"#)),
+            stored
+        );
+    }
+
+    /// A row key picks the key columns (a missing one as null, a redacted
+    /// one as redacted); redaction leaves other members alone.
+    #[pg_test]
+    fn row_keys_and_redaction() {
+        let row = parse(r#"{"a": 1, "b": {"x": "y"}, "c": "secret", "d": null}"#);
+        // SAFETY: an object.
+        unsafe {
+            assert_eq!(
+                text(jsonb::pick(
+                    row,
+                    &strings(&["b", "a", "zz", "c"]),
+                    &strings(&["c"])
+                )),
+                r#"{"a": 1, "b": {"x": "y"}, "c": "[redacted]", "zz": null}"#
             );
+            assert_eq!(
+                text(jsonb::redacted(row, &strings(&["c", "d"]))),
+                r#"{"a": 1, "b": {"x": "y"}, "c": "[redacted]", "d": "[redacted]"}"#
+            );
+            assert_eq!(jsonb::redacted(row, &[]), row);
         }
     }
 }

@@ -217,6 +217,27 @@ UPDATE public.amounts SET big = big + 0.000000001, f = 1e300 WHERE id = 1;
 SELECT action, old_values, new_values FROM warden.audit_log WHERE target = 'public.amounts' ORDER BY id;
 DROP TABLE public.amounts;
 
+-- Every kind of column is recorded as SQL renders it in JSON (the row's
+-- to_jsonb, the same value as row_to_json read as jsonb); an UPDATE records
+-- the columns whose value or spelling changed (a numeric's scale, a nested
+-- document), not one assigned its own value.
+CREATE TYPE public.pair AS (x int, y text);
+CREATE TABLE public.kinds (i int PRIMARY KEY, b bigint, n numeric(12,4), f float8, nan float8,
+    t text, u uuid, ts timestamptz, d date, ok bool, arr int[], j json, jb jsonb, bin bytea,
+    p public.pair, dropped int, e text);
+ALTER TABLE public.kinds DROP COLUMN dropped;
+SELECT warden.enable_audit('public.kinds');
+INSERT INTO public.kinds VALUES (1, 9007199254740993, 12.3400, 0.1, 'NaN', E'\u00e9 "q" \t',
+    '6b5acb58-2d2e-4586-9320-20f19124dd5d', '2026-11-23 10:00:01.5+00', '2026-11-23', true,
+    '{1,NULL,3}', '{"b": 1, "a": [2], "b": 3}', '{"z": 1.10}', '\x00ff', ROW(1, 'x'), NULL);
+SELECT new_values FROM warden.audit_log WHERE target = 'public.kinds';
+SELECT l.new_values = row_to_json(k)::jsonb AS same_as_row_to_json
+  FROM warden.audit_log AS l, public.kinds AS k WHERE l.target = 'public.kinds';
+UPDATE public.kinds SET n = 12.34, jb = '{"z": 1.1}', arr = '{1,NULL,3}', p = ROW(1, 'y'), e = NULL;
+SELECT old_values, new_values FROM warden.audit_log WHERE target = 'public.kinds' AND action = 'UPDATE';
+DROP TABLE public.kinds;
+DROP TYPE public.pair;
+
 -- Entries written mid-statement (every 10,000) are the current
 -- subtransaction's only. A write that fails inside a savepoint goes with
 -- it and takes no earlier entry of the transaction along (the failure
