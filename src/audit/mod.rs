@@ -99,6 +99,8 @@ struct Pending {
     txid: i64,
     next_seq: i32,
     unwritten: Vec<Ready>,
+    /// Bytes of JSON values recorded since the last write.
+    unwritten_bytes: usize,
     written: Vec<Written>,
     /// The subtransactions of entries a failed flush took with it (an
     /// error caught by a savepoint): while any of them is still part of
@@ -109,6 +111,11 @@ struct Pending {
 /// Entries buffered before a write is forced (bounds memory in huge
 /// statements).
 const MAX_BUFFERED: usize = 10_000;
+
+/// Bytes of JSON values recorded since the last write before one is forced
+/// (bounds memory when rows are large: 10,000 rows of a megabyte each
+/// would otherwise be held at once).
+const MAX_BUFFERED_BYTES: usize = 16 << 20;
 
 static PENDING: BackendLocal<RefCell<Option<Pending>>> = BackendLocal::new(RefCell::new(None));
 
@@ -323,6 +330,10 @@ pub fn record_as(
     let json = |v: Option<Json>| v.map(stored).transpose();
     let (row_key, old_values) = (json(entry.row_key)?, json(entry.old_values)?);
     let (new_values, detail) = (json(entry.new_values)?, json(entry.detail)?);
+    let size: usize = [&row_key, &old_values, &new_values, &detail]
+        .iter()
+        .map(|v| v.as_ref().map_or(0, |(b, _)| b.len()))
+        .sum();
     fn text(v: &Option<(Vec<u8>, Vec<u8>)>) -> Option<&[u8]> {
         v.as_ref().map(|(_, t)| t.as_slice())
     }
@@ -335,6 +346,7 @@ pub fn record_as(
                 txid,
                 next_seq: 0,
                 unwritten: Vec::new(),
+                unwritten_bytes: 0,
                 written: Vec::new(),
                 lost: Vec::new(),
             }),
@@ -371,7 +383,9 @@ pub fn record_as(
             subxact,
         };
         p.unwritten.push(ready);
+        p.unwritten_bytes += size;
         p.unwritten.len() - writable_from(&p.unwritten, subxact) >= MAX_BUFFERED
+            || p.unwritten_bytes >= MAX_BUFFERED_BYTES
     };
     if full {
         flush(None)?;
@@ -414,6 +428,7 @@ fn flush(seals: Option<Vec<Seal>>) -> Result<(), WardenError> {
     let (txid, batch) = match &mut *PENDING.borrow_mut() {
         Some(p) => {
             let from = writable_from(&p.unwritten, current);
+            p.unwritten_bytes = 0;
             (p.txid, p.unwritten.split_off(from))
         }
         None => return Ok(()),

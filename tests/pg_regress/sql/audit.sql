@@ -252,6 +252,20 @@ SELECT setval('warden.audit_log_id_seq', (SELECT max(id) FROM warden.audit_log))
 COMMIT;
 SELECT n FROM public.bulk;
 SELECT action, row_key FROM warden.audit_log WHERE target = 'public.bulk' ORDER BY id;
+-- Large rows force a write before 10,000 entries (16 MB of JSON): here
+-- 20 rows of 1 MB, so the failing write (ids set back, as above) fails the
+-- statement rather than the COMMIT.
+CREATE TABLE public.large (n int PRIMARY KEY, body text);
+SELECT warden.enable_audit('public.large');
+BEGIN;
+SELECT setval('warden.audit_log_id_seq', (SELECT min(id) FROM warden.audit_log), false) > 0 AS set_back;
+SELECT regress.error_of($$INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 20) AS g$$);
+ROLLBACK;
+SELECT setval('warden.audit_log_id_seq', (SELECT max(id) FROM warden.audit_log)) > 0 AS restored;
+INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 20) AS g;
+SELECT count(*) AS entries, sum(length(new_values->>'body')) AS bytes
+  FROM warden.audit_log WHERE target = 'public.large';
+DROP TABLE public.large;
 -- A savepoint that wrote a full buffer and is rolled back takes only its
 -- own entries along: the 9,999 recorded before it are written at COMMIT
 -- and the chain verifies.
