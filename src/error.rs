@@ -94,6 +94,8 @@ pub enum WardenError {
          was caught by a savepoint): the transaction cannot commit"
     )]
     AuditEntriesLost,
+    #[error("{0}() must be attached as an AFTER {1} trigger (warden.enable_audit() does that)")]
+    MisattachedTrigger(&'static str, &'static str),
     #[error("permission denied, and the denial could not be recorded: {0}")]
     DenialNotRecorded(&'static str),
     #[error("internal error in pg_warden: {0}")]
@@ -139,6 +141,7 @@ impl WardenError {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
             WardenError::AuditEntriesLost => ERRCODE_TRANSACTION_ROLLBACK,
+            WardenError::MisattachedTrigger(..) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

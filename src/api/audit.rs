@@ -76,6 +76,24 @@ fn columns(trigger: &PgTrigger) -> Columns {
     }
 }
 
+/// Refuses a trigger function attached other than as it expects (a
+/// statement-level trigger has no rows to read; a BEFORE trigger returning
+/// nothing would skip the change).
+fn expect_attached(
+    trigger: &PgTrigger<'_>,
+    function: &'static str,
+    row: bool,
+    shape: &'static str,
+) {
+    let level_ok = match trigger.level() {
+        PgTriggerLevel::Row => row,
+        PgTriggerLevel::Statement => !row,
+    };
+    if !(level_ok && matches!(trigger.when(), Ok(PgTriggerWhen::After))) {
+        raise(WardenError::MisattachedTrigger(function, shape))
+    }
+}
+
 /// Records each changed row: action, table, primary key, old and new values
 /// (only the changed columns for UPDATE), redacted columns as
 /// `"[redacted]"`. Encrypted columns hold ciphertext and are logged as
@@ -84,6 +102,7 @@ fn columns(trigger: &PgTrigger) -> Columns {
 fn audit_row<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    expect_attached(trigger, "warden.audit_row", true, "FOR EACH ROW");
     let data = trigger.trigger_data();
     let cols = columns(trigger);
     // SAFETY: the firing relation and its descriptor.
@@ -207,6 +226,7 @@ const ACCESS_TABLES: &[(&str, AccessTable)] = &[
 fn audit_access_change<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    expect_attached(trigger, "warden.audit_access_change", true, "FOR EACH ROW");
     let data = trigger.trigger_data();
     let args = trigger.extra_args().unwrap_or_default();
     let table = ACCESS_TABLES
@@ -318,6 +338,13 @@ fn field(row: &Map<String, Value>, column: &str) -> Value {
 fn audit_truncate<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    expect_attached(trigger, "warden.audit_truncate", false, "TRUNCATE");
+    if !matches!(trigger.op(), Ok(PgTriggerOperation::Truncate)) {
+        raise(WardenError::MisattachedTrigger(
+            "warden.audit_truncate",
+            "TRUNCATE",
+        ))
+    }
     let schema = trigger
         .table_schema()
         .map_err(|e| WardenError::Internal(e.to_string()))?;

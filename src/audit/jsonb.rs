@@ -12,27 +12,63 @@
 //! ([`text`]): what `value::text` gives on verify, after any number of
 //! dump and restore cycles (`jsonb_out(jsonb_in(t)) = t` for that text).
 
+use crate::backend::BackendLocal;
 use pgrx::pg_sys;
+use std::cell::RefCell;
 use std::ffi::c_char;
 use std::ptr::null_mut;
 
 /// What a redacted value is recorded as.
 const REDACTED: &str = "[redacted]";
 
-/// `to_jsonb(<row>)` of a trigger's tuple.
-///
-/// # Safety
-/// `tuple` must be a valid tuple of `desc`, a relation's row type.
-pub unsafe fn row(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> *mut pg_sys::Jsonb {
-    // SAFETY: as the caller's. to_jsonb(anyelement) reads its argument's
-    // type from the call expression in flinfo: a FuncExpr over a NULL
-    // constant of the row type says it.
-    unsafe {
-        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
-        let mut flinfo: pg_sys::FmgrInfo = std::mem::zeroed();
-        pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), &mut flinfo);
-        let arg = pg_sys::makeNullConst((*desc).tdtypeid, -1, pg_sys::InvalidOid);
-        flinfo.fn_expr = pg_sys::makeFuncExpr(
+/// `to_jsonb(anyelement)` call set-ups, one per row type, built once per
+/// backend in their own memory context (reset if it ever holds many).
+struct Calls {
+    context: pg_sys::MemoryContext,
+    by_type: Vec<(pg_sys::Oid, *mut pg_sys::FmgrInfo)>,
+}
+
+static CALLS: BackendLocal<RefCell<Option<Calls>>> = BackendLocal::new(RefCell::new(None));
+
+/// Row types whose set-up is kept before the context is reset.
+const MAX_CALLS: usize = 64;
+
+/// The `to_jsonb` call for values of `row_type`. to_jsonb(anyelement) reads
+/// its argument's type from the call expression in flinfo: a FuncExpr over
+/// a NULL constant of the row type says it (the type is all it keeps; a
+/// composite's columns are read from the value's own header).
+fn to_jsonb_call(row_type: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
+    let mut calls = CALLS.borrow_mut();
+    let calls = calls.get_or_insert_with(|| Calls {
+        // SAFETY: a context of our own under TopMemoryContext, for good.
+        context: unsafe {
+            pg_sys::AllocSetContextCreateExtended(
+                pg_sys::TopMemoryContext,
+                c"pg_warden to_jsonb calls".as_ptr(),
+                pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+            )
+        },
+        by_type: Vec::new(),
+    });
+    if let Some((_, call)) = calls.by_type.iter().find(|(t, _)| *t == row_type) {
+        return *call;
+    }
+    if calls.by_type.len() >= MAX_CALLS {
+        calls.by_type.clear();
+        // SAFETY: nothing points into it any more.
+        unsafe { pg_sys::MemoryContextReset(calls.context) };
+    }
+    // SAFETY: allocations in our context; lookups of a built-in function
+    // and a type (they raise on a missing one, before anything is cached).
+    let call = unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(calls.context);
+        let flinfo =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()).cast::<pg_sys::FmgrInfo>();
+        pg_sys::fmgr_info_cxt(pg_sys::Oid::from(pg_sys::F_TO_JSONB), flinfo, calls.context);
+        let arg = pg_sys::makeNullConst(row_type, -1, pg_sys::InvalidOid);
+        (*flinfo).fn_expr = pg_sys::makeFuncExpr(
             pg_sys::Oid::from(pg_sys::F_TO_JSONB),
             pg_sys::JSONBOID,
             pg_sys::lappend(null_mut(), arg.cast()),
@@ -41,7 +77,24 @@ pub unsafe fn row(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> *mut pg_
             pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
         )
         .cast();
-        pg_sys::FunctionCall1Coll(&mut flinfo, pg_sys::InvalidOid, datum).cast_mut_ptr()
+        pg_sys::MemoryContextSwitchTo(old);
+        flinfo
+    };
+    calls.by_type.push((row_type, call));
+    call
+}
+
+/// `to_jsonb(<row>)` of a trigger's tuple.
+///
+/// # Safety
+/// `tuple` must be a valid tuple of `desc`, a relation's row type.
+pub unsafe fn row(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> *mut pg_sys::Jsonb {
+    // SAFETY: as the caller's; the call set-up is for this row type. Not
+    // borrowed across the call (to_jsonb can raise).
+    unsafe {
+        let call = to_jsonb_call((*desc).tdtypeid);
+        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
+        pg_sys::FunctionCall1Coll(call, pg_sys::InvalidOid, datum).cast_mut_ptr()
     }
 }
 

@@ -82,6 +82,9 @@ struct Ready {
     mac: [u8; MAC_LEN],
     /// The subtransaction that made it: gone if that one rolls back.
     subxact: pg_sys::SubTransactionId,
+    /// Its JSON values' bytes, as `[start, end)` of the transaction's
+    /// running total.
+    bytes: (usize, usize),
 }
 
 /// A written entry, as its seal needs it.
@@ -99,8 +102,9 @@ struct Pending {
     txid: i64,
     next_seq: i32,
     unwritten: Vec<Ready>,
-    /// Bytes of JSON values recorded since the last write.
-    unwritten_bytes: usize,
+    /// Bytes of JSON values recorded in this transaction (a running total:
+    /// each entry knows where its own bytes start and end in it).
+    recorded_bytes: usize,
     written: Vec<Written>,
     /// The subtransactions of entries a failed flush took with it (an
     /// error caught by a savepoint): while any of them is still part of
@@ -112,9 +116,11 @@ struct Pending {
 /// statements).
 const MAX_BUFFERED: usize = 10_000;
 
-/// Bytes of JSON values recorded since the last write before one is forced
-/// (bounds memory when rows are large: 10,000 rows of a megabyte each
-/// would otherwise be held at once).
+/// Bytes of JSON values buffered before a write is forced (bounds memory
+/// when rows are large: 10,000 rows of a megabyte each would otherwise be
+/// held at once). Like the count, it applies to what a write could take:
+/// the current subtransaction's entries (inside a savepoint, those of the
+/// levels above wait for their level or commit).
 const MAX_BUFFERED_BYTES: usize = 16 << 20;
 
 static PENDING: BackendLocal<RefCell<Option<Pending>>> = BackendLocal::new(RefCell::new(None));
@@ -346,7 +352,7 @@ pub fn record_as(
                 txid,
                 next_seq: 0,
                 unwritten: Vec::new(),
-                unwritten_bytes: 0,
+                recorded_bytes: 0,
                 written: Vec::new(),
                 lost: Vec::new(),
             }),
@@ -381,11 +387,17 @@ pub fn record_as(
             detail: bytes(detail),
             mac,
             subxact,
+            bytes: (p.recorded_bytes, p.recorded_bytes + size),
         };
+        p.recorded_bytes += size;
         p.unwritten.push(ready);
-        p.unwritten_bytes += size;
-        p.unwritten.len() - writable_from(&p.unwritten, subxact) >= MAX_BUFFERED
-            || p.unwritten_bytes >= MAX_BUFFERED_BYTES
+        // What a write now would take: the current subtransaction's share.
+        let from = writable_from(&p.unwritten, subxact);
+        let bytes = p.unwritten.last().map_or(0, |last| last.bytes.1)
+            - p.unwritten
+                .get(from)
+                .map_or(p.recorded_bytes, |first| first.bytes.0);
+        p.unwritten.len() - from >= MAX_BUFFERED || bytes >= MAX_BUFFERED_BYTES
     };
     if full {
         flush(None)?;
@@ -428,7 +440,6 @@ fn flush(seals: Option<Vec<Seal>>) -> Result<(), WardenError> {
     let (txid, batch) = match &mut *PENDING.borrow_mut() {
         Some(p) => {
             let from = writable_from(&p.unwritten, current);
-            p.unwritten_bytes = 0;
             (p.txid, p.unwritten.split_off(from))
         }
         None => return Ok(()),

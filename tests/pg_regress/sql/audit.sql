@@ -252,20 +252,58 @@ SELECT setval('warden.audit_log_id_seq', (SELECT max(id) FROM warden.audit_log))
 COMMIT;
 SELECT n FROM public.bulk;
 SELECT action, row_key FROM warden.audit_log WHERE target = 'public.bulk' ORDER BY id;
--- Large rows force a write before 10,000 entries (16 MB of JSON): here
--- 20 rows of 1 MB, so the failing write (ids set back, as above) fails the
--- statement rather than the COMMIT.
+-- Large rows force a write before 10,000 entries, once 16 MB of JSON is
+-- buffered: a row here is about 1,000,030 bytes of JSON, so 16 rows stay
+-- buffered and a 17th forces the write. With the trail's ids set back (as
+-- above) that write fails, in the statement rather than at COMMIT. Inside a
+-- savepoint only its own entries count (they are all it could write).
 CREATE TABLE public.large (n int PRIMARY KEY, body text);
 SELECT warden.enable_audit('public.large');
+CREATE FUNCTION pg_temp.set_back() RETURNS boolean LANGUAGE sql
+    AS $$SELECT setval('warden.audit_log_id_seq', (SELECT min(id) FROM warden.audit_log), false) > 0$$;
 BEGIN;
-SELECT setval('warden.audit_log_id_seq', (SELECT min(id) FROM warden.audit_log), false) > 0 AS set_back;
-SELECT regress.error_of($$INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 20) AS g$$);
+SELECT pg_temp.set_back();
+SELECT regress.error_of($$INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 16) AS g$$) AS sixteen;
+ROLLBACK;
+BEGIN;
+SELECT pg_temp.set_back();
+SELECT regress.error_of($$INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 17) AS g$$) AS seventeen;
+ROLLBACK;
+BEGIN;
+SELECT pg_temp.set_back();
+INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 10) AS g;
+SAVEPOINT s;
+INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(11, 20) AS g;
+RELEASE s;
+\set VERBOSITY terse
+INSERT INTO public.large VALUES (21, repeat('x', 1000000));
+\set VERBOSITY default
 ROLLBACK;
 SELECT setval('warden.audit_log_id_seq', (SELECT max(id) FROM warden.audit_log)) > 0 AS restored;
 INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 20) AS g;
 SELECT count(*) AS entries, sum(length(new_values->>'body')) AS bytes
   FROM warden.audit_log WHERE target = 'public.large';
 DROP TABLE public.large;
+
+-- The trigger functions refuse to run attached other than as
+-- enable_audit() attaches them (no rows to read, or a BEFORE trigger that
+-- would skip the change).
+CREATE TABLE public.misattached (n int);
+CREATE TRIGGER t BEFORE INSERT ON public.misattached FOR EACH ROW EXECUTE FUNCTION warden.audit_row();
+SELECT regress.error_of('INSERT INTO public.misattached VALUES (1)');
+DROP TRIGGER t ON public.misattached;
+CREATE TRIGGER t AFTER INSERT ON public.misattached FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_row();
+SELECT regress.error_of('INSERT INTO public.misattached VALUES (1)');
+DROP TRIGGER t ON public.misattached;
+CREATE TRIGGER t AFTER INSERT ON public.misattached FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_access_change('roles');
+SELECT regress.error_of('INSERT INTO public.misattached VALUES (1)');
+DROP TRIGGER t ON public.misattached;
+CREATE TRIGGER t AFTER INSERT ON public.misattached FOR EACH ROW EXECUTE FUNCTION warden.audit_truncate();
+SELECT regress.error_of('INSERT INTO public.misattached VALUES (1)');
+DROP TRIGGER t ON public.misattached;
+CREATE TRIGGER t AFTER INSERT ON public.misattached FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();
+SELECT regress.error_of('INSERT INTO public.misattached VALUES (1)');
+DROP TABLE public.misattached;
 -- A savepoint that wrote a full buffer and is rolled back takes only its
 -- own entries along: the 9,999 recorded before it are written at COMMIT
 -- and the chain verifies.
