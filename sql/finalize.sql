@@ -44,7 +44,7 @@ TO PUBLIC;
 GRANT EXECUTE ON FUNCTION warden.log_event(text, text, jsonb) TO warden_user;
 GRANT EXECUTE ON FUNCTION warden.verify_audit(), warden.purge_audit(timestamptz) TO warden_admin;
 GRANT SELECT ON warden.audit_log TO warden_user;
-GRANT SELECT ON warden.audit_seals, warden.audit_blocks TO warden_admin;
+GRANT SELECT ON warden.audit_blocks TO warden_admin;
 
 -- Key management: administrators only.
 GRANT EXECUTE ON FUNCTION

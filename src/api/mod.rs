@@ -90,7 +90,7 @@ mod tests {
         assert_eq!(
             dumped.as_deref(),
             Some(
-                "warden.audit_blocks,warden.audit_log,warden.audit_log_id_seq,warden.audit_seals,\
+                "warden.audit_blocks,warden.audit_log,warden.audit_log_id_seq,\
                  warden.memberships,\
                  warden.role_permissions,warden.roles,warden.shredded_workspaces,\
                  warden.workspace_keys"

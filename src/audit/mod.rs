@@ -3,12 +3,14 @@
 //!
 //! Tamper evidence, in three layers, all HMAC-SHA256 under a key derived
 //! from the master key:
-//! - every entry carries `mac` over every column but `id` (JSON values as
+//! - every entry carries `mac` over every column but `id` and the seal (JSON values as
 //!   `jsonb` prints them: see `jsonb`), so an edited or an inserted entry
 //!   does not verify;
-//! - at commit, each transaction that wrote entries writes one seal per
-//!   workspace: the MAC of its entry MACs, in order, and their count. A
-//!   deleted entry breaks its transaction's seal;
+//! - at commit, each transaction that wrote entries seals them per
+//!   workspace: the MAC of its entry MACs, in order, and their count, on
+//!   its last entry there (`seal_entries`, `seal_mac`: that entry is never
+//!   written before commit). A deleted entry breaks its transaction's
+//!   seal;
 //! - seals are chained per workspace in blocks: a block covers every seal
 //!   whose transaction id lies in `[from_txid, to_txid)` and MACs them with
 //!   the previous block's MAC. `to_txid` is a snapshot's xmin, below which
@@ -85,6 +87,9 @@ struct Ready {
     /// Its JSON values' bytes, as `[start, end)` of the transaction's
     /// running total.
     bytes: (usize, usize),
+    /// On the last entry of the transaction in its workspace, set at
+    /// commit: the seal (entries, MAC).
+    seal: Option<(i32, [u8; MAC_LEN])>,
 }
 
 /// A written entry, as its seal needs it.
@@ -388,6 +393,7 @@ pub fn record_as(
             mac,
             subxact,
             bytes: (p.recorded_bytes, p.recorded_bytes + size),
+            seal: None,
         };
         p.recorded_bytes += size;
         p.unwritten.push(ready);
@@ -437,14 +443,31 @@ pub fn key_event(
 fn flush(seals: Option<Vec<Seal>>) -> Result<(), WardenError> {
     // SAFETY: reads the current subtransaction's id.
     let current = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    let (txid, batch) = match &mut *PENDING.borrow_mut() {
+    let (txid, mut batch) = match &mut *PENDING.borrow_mut() {
         Some(p) => {
             let from = writable_from(&p.unwritten, current);
-            (p.txid, p.unwritten.split_off(from))
+            let mut batch = p.unwritten.split_off(from);
+            if seals.is_none() {
+                // The newest entries stay at the end of the buffer, where
+                // they were (still the current subtransaction's share).
+                p.unwritten.extend(hold_back(&mut batch));
+            }
+            (p.txid, batch)
         }
         None => return Ok(()),
     };
-    if batch.is_empty() && seals.is_none() {
+    for seal in seals.unwrap_or_default() {
+        // There is one: a workspace's last entry is never written before
+        // commit (hold_back), and if it is rolled back, so is every entry
+        // of the workspace a write took after the one now last.
+        let last = batch
+            .iter_mut()
+            .rev()
+            .find(|e| e.workspace == seal.workspace)
+            .ok_or(WardenError::AuditEntriesLost)?;
+        last.seal = Some((seal.entries, seal.mac));
+    }
+    if batch.is_empty() {
         return Ok(());
     }
     let mut in_flight = InFlight(Some(
@@ -458,20 +481,38 @@ fn flush(seals: Option<Vec<Seal>>) -> Result<(), WardenError> {
             })
             .collect(),
     ));
-    as_extension_owner(|| {
-        if !batch.is_empty() {
-            write_entries(txid, &batch)?;
-        }
-        if let Some(seals) = &seals {
-            write_seals(txid, seals)?;
-        }
-        Ok(())
-    })?;
+    as_extension_owner(|| write_entries(txid, &batch))?;
     let written = in_flight.0.take().unwrap_or_default();
     if let Some(p) = &mut *PENDING.borrow_mut() {
         p.written.extend(written);
     }
     Ok(())
+}
+
+/// Takes out of a mid-statement batch the last entry of each workspace:
+/// it stays buffered, to carry the transaction's seal at commit. (What it
+/// holds back is the workspace's newest entry: the batch is the buffer's
+/// tail.)
+fn hold_back(batch: &mut Vec<Ready>) -> Vec<Ready> {
+    let mut seen: Vec<Option<[u8; 16]>> = Vec::new();
+    let mut last = vec![false; batch.len()];
+    for (i, e) in batch.iter().enumerate().rev() {
+        if !seen.contains(&e.workspace) {
+            seen.push(e.workspace);
+            last[i] = true;
+        }
+    }
+    let mut held = Vec::with_capacity(seen.len());
+    let mut rest = Vec::with_capacity(batch.len());
+    for (is_last, e) in last.into_iter().zip(batch.drain(..)) {
+        if is_last {
+            held.push(e);
+        } else {
+            rest.push(e);
+        }
+    }
+    *batch = rest;
+    held
 }
 
 fn write_entries(txid: i64, batch: &[Ready]) -> Result<(), WardenError> {
@@ -501,6 +542,8 @@ fn write_entries(txid: i64, batch: &[Ready]) -> Result<(), WardenError> {
             "new_values",
             "detail",
             "mac",
+            "seal_entries",
+            "seal_mac",
         ],
     )?;
     for e in batch {
@@ -518,25 +561,11 @@ fn write_entries(txid: i64, batch: &[Ready]) -> Result<(), WardenError> {
             jsonb(&e.new_values),
             jsonb(&e.detail),
             Bytea(&e.mac),
+            e.seal.map_or(Null, |(n, _)| Int4(n)),
+            e.seal.as_ref().map_or(Null, |(_, m)| Bytea(m)),
         ])?;
     }
     log.finish();
-    Ok(())
-}
-
-fn write_seals(txid: i64, seals: &[Seal]) -> Result<(), WardenError> {
-    use append::Value::{Bytea, Int4, Int8, Null, Uuid};
-    let mut table =
-        append::Appender::open(c"audit_seals", &["workspace_id", "txid", "entries", "mac"])?;
-    for seal in seals {
-        table.append(&[
-            seal.workspace.as_ref().map_or(Null, Uuid),
-            Int8(txid),
-            Int4(seal.entries),
-            Bytea(&seal.mac),
-        ])?;
-    }
-    table.finish();
     Ok(())
 }
 
@@ -777,11 +806,16 @@ fn seals_between(
     from: i64,
     to: i64,
 ) -> Result<Vec<SealRow>, WardenError> {
+    // Spelled to match the partial index audit_log_seals (workspace_id, txid).
+    let chain = match workspace {
+        Some(_) => "workspace_id OPERATOR(pg_catalog.=) $1",
+        None => "workspace_id IS NULL AND $1::pg_catalog.uuid IS NULL",
+    };
     let query = format!(
-        "SELECT txid, entries, mac FROM warden.audit_seals
-          WHERE {} AND txid OPERATOR(pg_catalog.>=) $2 AND txid OPERATOR(pg_catalog.<) $3
-          ORDER BY txid",
-        in_chain("workspace_id", "$1")
+        "SELECT txid, seal_entries, seal_mac FROM warden.audit_log
+          WHERE {chain} AND seal_mac IS NOT NULL
+            AND txid OPERATOR(pg_catalog.>=) $2 AND txid OPERATOR(pg_catalog.<) $3
+          ORDER BY txid"
     );
     select(
         &query,
@@ -874,7 +908,6 @@ fn chains() -> Result<Vec<Option<[u8; 16]>>, WardenError> {
         let mut out = Vec::new();
         for row in client.select(
             "SELECT DISTINCT workspace_id FROM warden.audit_log
-             UNION SELECT DISTINCT workspace_id FROM warden.audit_seals
              UNION SELECT DISTINCT workspace_id FROM warden.audit_blocks",
             None,
             &[],
@@ -1165,12 +1198,10 @@ pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
                 };
                 insert_block(&mark, &mark.mac(&keys.audit, &[]), 0)?;
                 let chain_rows = in_chain("workspace_id", "$1");
-                for query in [
-                    format!("DELETE FROM warden.audit_log WHERE {chain_rows} AND txid OPERATOR(pg_catalog.<) $2"),
-                    format!("DELETE FROM warden.audit_seals WHERE {chain_rows} AND txid OPERATOR(pg_catalog.<) $2"),
-                ] {
-                    Spi::run_with_args(&query, &[ws.into(), up_to.into()])?;
-                }
+                Spi::run_with_args(
+                    &format!("DELETE FROM warden.audit_log WHERE {chain_rows} AND txid OPERATOR(pg_catalog.<) $2"),
+                    &[ws.into(), up_to.into()],
+                )?;
                 Spi::run_with_args(
                     &format!("DELETE FROM warden.audit_blocks WHERE {chain_rows} AND seq OPERATOR(pg_catalog.<=) $2"),
                     &[ws.into(), through.into()],
