@@ -19,10 +19,10 @@ CREATE TABLE warden.audit_log (
     db_role      text NOT NULL,
     action       text NOT NULL,
     target       text,
-    row_key      jsonb,
-    old_values   jsonb,
-    new_values   jsonb,
-    detail       jsonb,
+    row_key      json,
+    old_values   json,
+    new_values   json,
+    detail       json,
     mac          bytea NOT NULL,
     seal_entries integer,
     seal_mac     bytea
@@ -42,7 +42,7 @@ CREATE TABLE warden.audit_blocks (
     from_txid    bigint NOT NULL,
     to_txid      bigint NOT NULL,
     seals        integer NOT NULL,
-    purge        jsonb,
+    purge        json,
     prev_mac     bytea,
     mac          bytea NOT NULL
 );

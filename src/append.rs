@@ -33,8 +33,8 @@ pub enum Value<'a> {
     TimestampTz(i64),
     Uuid(&'a [u8; 16]),
     Text(&'a str),
-    /// A jsonb value's varlena bytes.
-    Jsonb(&'a [u8]),
+    /// A json value's text.
+    Json(&'a [u8]),
     Bytea(&'a [u8]),
 }
 
@@ -376,15 +376,7 @@ fn to_datum(value: &Value<'_>) -> Result<Option<pg_sys::Datum>, WardenError> {
         Value::Int8(v) | Value::TimestampTz(v) => Some(pg_sys::Datum::from(*v)),
         Value::Uuid(bytes) => pgrx::Uuid::from_bytes(**bytes).into_datum(),
         Value::Text(s) => s.into_datum(),
-        Value::Bytea(b) => b.into_datum(),
-        Value::Jsonb(bytes) => {
-            // SAFETY: a copy in the per-row memory context (aligned, as a
-            // datum must be) of a complete jsonb varlena.
-            unsafe {
-                let copy = pg_sys::palloc(bytes.len()).cast::<u8>();
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
-                Some(pg_sys::Datum::from(copy))
-            }
-        }
+        // json is stored as its text; pg_warden renders it valid.
+        Value::Bytea(b) | Value::Json(b) => b.into_datum(),
     })
 }

@@ -14,7 +14,8 @@ extension_sql_file!(
 );
 
 use crate::api::policies::{column_type, table_sql, Table};
-use crate::audit::{self, jsonb, Entry, Json};
+use crate::audit::json::{self, Values};
+use crate::audit::{self, json_text, Entry};
 use crate::error::{raise, required, SqlResult, WardenError};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
@@ -56,26 +57,6 @@ fn row_json(tuple: *mut pg_sys::HeapTupleData, desc: pg_sys::TupleDesc) -> Map<S
     }
 }
 
-/// Trigger arguments written by `enable_audit`: `pk=<column>` and
-/// `redact=<column>`.
-struct Columns {
-    key: Vec<String>,
-    redact: Vec<String>,
-}
-
-fn columns(trigger: &PgTrigger) -> Columns {
-    let args = trigger.extra_args().unwrap_or_default();
-    let pick = |prefix: &str| -> Vec<String> {
-        args.iter()
-            .filter_map(|a| a.strip_prefix(prefix).map(str::to_string))
-            .collect()
-    };
-    Columns {
-        key: pick("pk="),
-        redact: pick("redact="),
-    }
-}
-
 /// Refuses a trigger function attached other than as it expects (a
 /// statement-level trigger has no rows to read; a BEFORE trigger returning
 /// nothing would skip the change).
@@ -97,64 +78,51 @@ fn expect_attached(
 /// Records each changed row: action, table, primary key, old and new values
 /// (only the changed columns for UPDATE), redacted columns as
 /// `"[redacted]"`. Encrypted columns hold ciphertext and are logged as
-/// such: nothing is ever decrypted.
+/// such: nothing is ever decrypted. Values are rendered as `row_to_json`
+/// renders them, through the trigger's cached plan (see `audit::json`).
 #[pg_trigger]
 fn audit_row<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
     expect_attached(trigger, "warden.audit_row", true, "FOR EACH ROW");
     let data = trigger.trigger_data();
-    let cols = columns(trigger);
-    // SAFETY: the firing relation and its descriptor.
-    let (desc, target) = unsafe {
-        let rel = data.tg_relation;
-        let desc = (*rel).rd_att;
-        let schema = audit::schema_name((*(*rel).rd_rel).relnamespace);
-        let name =
-            std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
-        (desc, format!("{schema}.{name}"))
-    };
     let op = trigger
         .op()
         .map_err(|e| WardenError::Internal(e.to_string()))?;
-    // SAFETY: the trigger's tuples, of the relation's row type; the jsonb
-    // values live in this row's memory context until recorded.
-    let (action, row_key, old, new) = unsafe {
-        let row = |tuple| jsonb::row(tuple, desc);
-        let (action, old, new) = match op {
-            PgTriggerOperation::Insert => ("INSERT", None, Some(row(data.tg_trigtuple))),
-            PgTriggerOperation::Delete => ("DELETE", Some(row(data.tg_trigtuple)), None),
-            PgTriggerOperation::Update => (
-                "UPDATE",
-                Some(row(data.tg_trigtuple)),
-                Some(row(data.tg_newtuple)),
-            ),
+    // SAFETY: the firing trigger's relation, trigger and tuples (of the
+    // relation's row type).
+    let (plan, action, row_key, old, new) = unsafe {
+        let plan = json::plan_for(data.tg_relation, data.tg_trigger, audit::names_generation())?;
+        let desc = (*data.tg_relation).rd_att;
+        let (action, row_key, old, new) = match op {
+            PgTriggerOperation::Insert => {
+                let row = Values::of(data.tg_trigtuple, desc);
+                ("INSERT", plan.key(&row), None, Some(plan.row(&row)))
+            }
+            PgTriggerOperation::Delete => {
+                let row = Values::of(data.tg_trigtuple, desc);
+                ("DELETE", plan.key(&row), Some(plan.row(&row)), None)
+            }
+            PgTriggerOperation::Update => {
+                let old = Values::of(data.tg_trigtuple, desc);
+                let new = Values::of(data.tg_newtuple, desc);
+                // Only what changed.
+                let (o, n) = plan.changed(&old, &new);
+                ("UPDATE", plan.key(&new), Some(o), Some(n))
+            }
             PgTriggerOperation::Truncate => {
                 return Err(WardenError::Internal("row-level TRUNCATE".into()))
             }
         };
-        let whole = new.or(old).unwrap_or(std::ptr::null_mut());
-        let row_key = (!cols.key.is_empty()).then(|| jsonb::pick(whole, &cols.key, &cols.redact));
-        let (old, new) = match (old, new) {
-            // Only what changed.
-            (Some(o), Some(n)) => {
-                let (o, n) = jsonb::changed(o, n, &cols.redact);
-                (Some(o), Some(n))
-            }
-            (o, n) => (
-                o.map(|o| jsonb::redacted(o, &cols.redact)),
-                n.map(|n| jsonb::redacted(n, &cols.redact)),
-            ),
-        };
-        (action, row_key, old, new)
+        (plan, action, row_key, old, new)
     };
     let entry = Entry {
         workspace: None,
         action: action.into(),
-        target: Some(target),
-        row_key: row_key.map(Json::Jsonb),
-        old_values: old.map(Json::Jsonb),
-        new_values: new.map(Json::Jsonb),
+        target: Some(plan.target.clone()),
+        row_key,
+        old_values: old,
+        new_values: new,
         detail: None,
     };
     audit::record(entry).unwrap_or_else(|e| raise(e));
@@ -294,9 +262,9 @@ fn audit_access_change<'a>(
             workspace: Some(workspace),
             action: format!("{}.{verb}", table.noun),
             target: Some(format!("warden.{}", args[0])),
-            row_key: Some(Json::Value(Value::Object(row_key))),
-            old_values: old.map(Json::Value),
-            new_values: new.map(Json::Value),
+            row_key: Some(json_text(&Value::Object(row_key))),
+            old_values: old.as_ref().map(json_text),
+            new_values: new.as_ref().map(json_text),
             detail: None,
         })
     };
@@ -472,7 +440,7 @@ fn log_event(
         row_key: None,
         old_values: None,
         new_values: None,
-        detail: detail.map(|JsonB(v)| Json::Value(v)),
+        detail: detail.map(|JsonB(v)| json_text(&v)),
     })?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! recorded even if the waiting session is cancelled; the worker flags
 //! there that it committed, so a failure to record is reported.
 
-use super::{record_as, role_name, Entry, Json};
+use super::{json_text, record_as, role_name, Entry};
 use crate::error::WardenError;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
@@ -194,7 +194,7 @@ pub extern "C-unwind" fn warden_record_denial(arg: pg_sys::Datum) {
             row_key: None,
             old_values: None,
             new_values: None,
-            detail: Some(Json::Value(serde_json::json!({ "permission": permission }))),
+            detail: Some(json_text(&serde_json::json!({ "permission": permission }))),
         };
         record_as(entry, workspace, actor, role_name(role))
             .unwrap_or_else(|e| crate::error::raise(e));

@@ -4,8 +4,8 @@
 //! Tamper evidence, in three layers, all HMAC-SHA256 under a key derived
 //! from the master key:
 //! - every entry carries `mac` over every column but `id` and the seal (JSON values as
-//!   `jsonb` prints them: see `jsonb`), so an edited or an inserted entry
-//!   does not verify;
+//!   the text stored: see `json`), so an edited or an inserted entry does
+//!   not verify;
 //! - at commit, each transaction that wrote entries seals them per
 //!   workspace: the MAC of its entry MACs, in order, and their count, on
 //!   its last entry there (`seal_entries`, `seal_mac`: that entry is never
@@ -30,7 +30,7 @@
 //! verifies.
 
 mod denial;
-pub mod jsonb;
+pub mod json;
 pub use denial::record_denial;
 
 use crate::append;
@@ -47,11 +47,10 @@ use std::collections::BTreeSet;
 const ENTRY_LABEL: &[u8] = b"pg_warden/v1/audit-entry";
 const SEAL_LABEL: &[u8] = b"pg_warden/v1/audit-seal";
 
-/// A JSON value of an entry: a `jsonb` built by the row trigger (in the
-/// current memory context), or a value built in Rust (events).
-pub enum Json {
-    Jsonb(*mut pg_sys::Jsonb),
-    Value(serde_json::Value),
+/// The JSON text of a value built in Rust (an event's detail, a purge
+/// mark): what is stored, as `json`, and MAC'ed.
+pub fn json_text(value: &serde_json::Value) -> Vec<u8> {
+    value.to_string().into_bytes()
 }
 
 /// One event, before it is written.
@@ -61,10 +60,11 @@ pub struct Entry {
     pub workspace: Option<Option<[u8; 16]>>,
     pub action: String,
     pub target: Option<String>,
-    pub row_key: Option<Json>,
-    pub old_values: Option<Json>,
-    pub new_values: Option<Json>,
-    pub detail: Option<Json>,
+    /// JSON texts (stored as `json`).
+    pub row_key: Option<Vec<u8>>,
+    pub old_values: Option<Vec<u8>>,
+    pub new_values: Option<Vec<u8>>,
+    pub detail: Option<Vec<u8>>,
 }
 
 /// An entry with every stored column computed, MAC included.
@@ -76,7 +76,7 @@ struct Ready {
     db_role: String,
     action: String,
     target: Option<String>,
-    /// jsonb values (varlena bytes).
+    /// JSON texts.
     row_key: Option<Vec<u8>>,
     old_values: Option<Vec<u8>>,
     new_values: Option<Vec<u8>>,
@@ -137,25 +137,6 @@ pub fn purging() -> bool {
     PURGING.get()
 }
 
-/// `jsonb`'s text of a JSON value built in Rust (a purge mark's): what is
-/// stored and MAC'ed.
-fn jsonb_text(value: &serde_json::Value) -> Result<String, WardenError> {
-    let jb = jsonb::parse(&value.to_string())?;
-    // SAFETY: a fresh jsonb.
-    Ok(String::from_utf8_lossy(&unsafe { jsonb::text(jb) }).into_owned())
-}
-
-/// A JSON value of an entry as stored (jsonb bytes) and as MAC'ed (its
-/// text).
-fn stored(json: Json) -> Result<(Vec<u8>, Vec<u8>), WardenError> {
-    let jb = match json {
-        Json::Jsonb(jb) => jb,
-        Json::Value(v) => jsonb::parse(&v.to_string())?,
-    };
-    // SAFETY: a fresh, detoasted jsonb in the current memory context.
-    Ok(unsafe { (jsonb::bytes(jb), jsonb::text(jb)) })
-}
-
 /// The stored fields of an entry as the MAC sees them.
 pub struct MacFields<'a> {
     pub at: i64,
@@ -166,7 +147,7 @@ pub struct MacFields<'a> {
     pub db_role: &'a str,
     pub action: &'a str,
     pub target: Option<&'a str>,
-    /// JSON values: their `jsonb` text.
+    /// JSON values: their text, as stored.
     pub row_key: Option<&'a [u8]>,
     pub old_values: Option<&'a [u8]>,
     pub new_values: Option<&'a [u8]>,
@@ -261,6 +242,12 @@ static NAMES: BackendLocal<RefCell<Option<Names>>> = BackendLocal::new(RefCell::
 /// can run during the lookup below).
 static NAMES_CHANGED: BackendLocal<Cell<u64>> = BackendLocal::new(Cell::new(0));
 
+/// Changes whenever a role or schema may have been renamed: what names
+/// derived from them (a row plan's target) are checked against.
+pub fn names_generation() -> u64 {
+    NAMES_CHANGED.get()
+}
+
 fn cached_name(oid: pg_sys::Oid, kind: NameKind, lookup: impl FnOnce() -> String) -> String {
     let seen = NAMES_CHANGED.get();
     {
@@ -289,6 +276,7 @@ fn cached_name(oid: pg_sys::Oid, kind: NameKind, lookup: impl FnOnce() -> String
 
 /// Registers the syscache callbacks that keep [`cached_name`] honest.
 pub fn init() {
+    json::init();
     // SAFETY: called once from _PG_init with a plain function.
     unsafe {
         for cache in [
@@ -336,19 +324,19 @@ pub fn record_as(
             pg_sys::GetCurrentSubTransactionId(),
         )
     };
-    // Stored as jsonb, MAC'ed as its text (computed before the buffer is
-    // borrowed: jsonb_in can raise).
-    let json = |v: Option<Json>| v.map(stored).transpose();
-    let (row_key, old_values) = (json(entry.row_key)?, json(entry.old_values)?);
-    let (new_values, detail) = (json(entry.new_values)?, json(entry.detail)?);
+    let Entry {
+        action,
+        target,
+        row_key,
+        old_values,
+        new_values,
+        detail,
+        ..
+    } = entry;
     let size: usize = [&row_key, &old_values, &new_values, &detail]
         .iter()
-        .map(|v| v.as_ref().map_or(0, |(b, _)| b.len()))
+        .map(|v| v.as_ref().map_or(0, Vec::len))
         .sum();
-    fn text(v: &Option<(Vec<u8>, Vec<u8>)>) -> Option<&[u8]> {
-        v.as_ref().map(|(_, t)| t.as_slice())
-    }
-    let bytes = |v: Option<(Vec<u8>, Vec<u8>)>| v.map(|(b, _)| b);
     let full = {
         let mut pending = PENDING.borrow_mut();
         let p = match &mut *pending {
@@ -370,12 +358,12 @@ pub fn record_as(
             workspace,
             actor,
             db_role: &db_role,
-            action: &entry.action,
-            target: entry.target.as_deref(),
-            row_key: text(&row_key),
-            old_values: text(&old_values),
-            new_values: text(&new_values),
-            detail: text(&detail),
+            action: &action,
+            target: target.as_deref(),
+            row_key: row_key.as_deref(),
+            old_values: old_values.as_deref(),
+            new_values: new_values.as_deref(),
+            detail: detail.as_deref(),
         }
         .mac(&keys.audit);
         let ready = Ready {
@@ -384,12 +372,12 @@ pub fn record_as(
             workspace,
             actor,
             db_role,
-            action: entry.action,
-            target: entry.target,
-            row_key: bytes(row_key),
-            old_values: bytes(old_values),
-            new_values: bytes(new_values),
-            detail: bytes(detail),
+            action,
+            target,
+            row_key,
+            old_values,
+            new_values,
+            detail,
             mac,
             subxact,
             bytes: (p.recorded_bytes, p.recorded_bytes + size),
@@ -425,7 +413,7 @@ pub fn key_event(
         row_key: None,
         old_values: None,
         new_values: None,
-        detail: Some(Json::Value(detail)),
+        detail: Some(json_text(&detail)),
     })
 }
 
@@ -516,12 +504,12 @@ fn hold_back(batch: &mut Vec<Ready>) -> Vec<Ready> {
 }
 
 fn write_entries(txid: i64, batch: &[Ready]) -> Result<(), WardenError> {
-    use append::Value::{self, Bytea, Int4, Int8, Jsonb, Null, Text, TimestampTz};
+    use append::Value::{self, Bytea, Int4, Int8, Json, Null, Text, TimestampTz};
     fn text(v: &Option<String>) -> Value<'_> {
         v.as_deref().map_or(Null, Text)
     }
-    fn jsonb(v: &Option<Vec<u8>>) -> Value<'_> {
-        v.as_deref().map_or(Null, Jsonb)
+    fn json(v: &Option<Vec<u8>>) -> Value<'_> {
+        v.as_deref().map_or(Null, Json)
     }
     fn uuid(v: &Option<[u8; 16]>) -> Value<'_> {
         v.as_ref().map_or(Null, Value::Uuid)
@@ -556,10 +544,10 @@ fn write_entries(txid: i64, batch: &[Ready]) -> Result<(), WardenError> {
             Text(&e.db_role),
             Text(&e.action),
             text(&e.target),
-            jsonb(&e.row_key),
-            jsonb(&e.old_values),
-            jsonb(&e.new_values),
-            jsonb(&e.detail),
+            json(&e.row_key),
+            json(&e.old_values),
+            json(&e.new_values),
+            json(&e.detail),
             Bytea(&e.mac),
             e.seal.map_or(Null, |(n, _)| Int4(n)),
             e.seal.as_ref().map_or(Null, |(_, m)| Bytea(m)),
@@ -653,7 +641,7 @@ struct Block {
     seq: i64,
     from_txid: i64,
     to_txid: i64,
-    /// A purge mark's JSON, as jsonb prints it.
+    /// A purge mark's JSON text.
     purge: Option<String>,
     prev_mac: Option<Vec<u8>>,
 }
@@ -869,7 +857,7 @@ fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
 fn insert_block(block: &Block, mac: &[u8], seals: usize) -> Result<(), WardenError> {
     execute(
         "INSERT INTO warden.audit_blocks (workspace_id, seq, from_txid, to_txid, seals, purge, prev_mac, mac)
-         VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.jsonb, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.json, $7, $8)",
         &[
             block.workspace.map(Uuid::from_bytes).into(),
             block.seq.into(),
@@ -1193,7 +1181,7 @@ pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
                     seq: seq + 1,
                     from_txid: last_to,
                     to_txid: last_to,
-                    purge: Some(jsonb_text(&purge)?),
+                    purge: Some(purge.to_string()),
                     prev_mac: prev,
                 };
                 insert_block(&mark, &mark.mac(&keys.audit, &[]), 0)?;
@@ -1211,87 +1199,4 @@ pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
             Ok(deleted)
         })
     })
-}
-
-#[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
-mod tests {
-    use pgrx::prelude::*;
-
-    use super::jsonb;
-
-    fn parse(json: &str) -> *mut pg_sys::Jsonb {
-        jsonb::parse(json).unwrap()
-    }
-
-    fn text(jb: *mut pg_sys::Jsonb) -> String {
-        // SAFETY: a fresh jsonb.
-        String::from_utf8(unsafe { jsonb::text(jb) }).unwrap()
-    }
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// An UPDATE records exactly the members whose values differ, by value
-    /// and spelling (a numeric's scale, a nested document), redacted ones
-    /// as redacted; jsonb's own text is what the MAC covers.
-    #[pg_test]
-    fn changed_members_only() {
-        let old = parse(
-            r#"{"id": 1, "n": 1.5, "doc": {"a": [1, 2]}, "same": {"b": null}, "s": "x",
-                "t": true, "gone": "v", "secret": "old", "quiet": "k"}"#,
-        );
-        let new = parse(
-            r#"{"id": 1, "n": 1.50, "doc": {"a": [1, 3]}, "same": {"b": null}, "s": "x",
-                "t": false, "gone": null, "secret": "new", "quiet": "k"}"#,
-        );
-        // SAFETY: both are objects.
-        let (before, after) = unsafe { jsonb::changed(old, new, &strings(&["secret", "quiet"])) };
-        assert_eq!(
-            text(before),
-            r#"{"n": 1.5, "t": true, "doc": {"a": [1, 2]}, "gone": "v", "secret": "[redacted]"}"#
-        );
-        assert_eq!(
-            text(after),
-            r#"{"n": 1.50, "t": false, "doc": {"a": [1, 3]}, "gone": null, "secret": "[redacted]"}"#
-        );
-        // SAFETY: as above.
-        let (before, after) = unsafe { jsonb::changed(old, old, &[]) };
-        assert_eq!((text(before), text(after)), ("{}".into(), "{}".into()));
-        // The text is jsonb's output, exactly.
-        let stored = Spi::get_one_with_args::<String>(
-            "SELECT $1::jsonb::text",
-            &[r#"{"n":1.50,"doc":{"a":[1,3]},"t":false}"#.into()],
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            text(parse(r#"{"n":1.50,"doc":{"a":[1,3]},"t":false}"#)),
-            stored
-        );
-    }
-
-    /// A row key picks the key columns (a missing one as null, a redacted
-    /// one as redacted); redaction leaves other members alone.
-    #[pg_test]
-    fn row_keys_and_redaction() {
-        let row = parse(r#"{"a": 1, "b": {"x": "y"}, "c": "secret", "d": null}"#);
-        // SAFETY: an object.
-        unsafe {
-            assert_eq!(
-                text(jsonb::pick(
-                    row,
-                    &strings(&["b", "a", "zz", "c"]),
-                    &strings(&["c"])
-                )),
-                r#"{"a": 1, "b": {"x": "y"}, "c": "[redacted]", "zz": null}"#
-            );
-            assert_eq!(
-                text(jsonb::redacted(row, &strings(&["c", "d"]))),
-                r#"{"a": 1, "b": {"x": "y"}, "c": "[redacted]", "d": "[redacted]"}"#
-            );
-            assert_eq!(jsonb::redacted(row, &[]), row);
-        }
-    }
 }

@@ -251,12 +251,12 @@ fn membership_changes_by_an_administrator_reach_the_tenant_trail() {
             (
                 "membership.added".to_string(),
                 "audit_admin".to_string(),
-                Some(r#"{"role": "viewer"}"#.to_string())
+                Some(r#"{"role":"viewer"}"#.to_string())
             ),
             (
                 "membership.changed".to_string(),
                 "audit_admin".to_string(),
-                Some(r#"{"role": "manager"}"#.to_string())
+                Some(r#"{"role":"manager"}"#.to_string())
             ),
         ]
     );

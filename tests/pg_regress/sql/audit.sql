@@ -79,7 +79,7 @@ BEGIN;
 SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
                           '00000000-0000-4000-8000-0000000a11ce') IS NOT NULL AS set;
 SELECT txn_seq, actor, db_role, action, target, row_key,
-       old_values - 'token' AS old_values, new_values - 'token' AS new_values, detail
+       old_values::jsonb - 'token' AS old_values, new_values::jsonb - 'token' AS new_values, detail
   FROM warden.audit_log ORDER BY id;
 -- The encrypted column is logged as ciphertext, never decrypted.
 SELECT (new_values->>'token') LIKE '\\x5744%' AS ciphertext_logged
@@ -103,7 +103,10 @@ SELECT regress.error_of('DELETE FROM warden.audit_log');
 SELECT regress.error_of('UPDATE warden.audit_log SET detail = NULL');
 SELECT regress.error_of('TRUNCATE warden.audit_log');
 
--- Tampering around the guard (triggers off) is detected and located.
+-- Tampering around the guard (triggers off) is detected and located: a
+-- changed value, and even the same document spelled differently (the MAC
+-- covers the text as stored).
+CREATE TEMP TABLE original AS SELECT id, detail FROM warden.audit_log WHERE action = 'export';
 SET session_replication_role = replica;
 UPDATE warden.audit_log SET detail = '{"format": "csv", "rows": 1000}' WHERE action = 'export';
 RESET session_replication_role;
@@ -111,6 +114,10 @@ SELECT workspace_id, intact, first_broken_id = (SELECT id FROM warden.audit_log 
   FROM warden.verify_audit() ORDER BY 1;
 SET session_replication_role = replica;
 UPDATE warden.audit_log SET detail = '{"format": "csv", "rows": 1}' WHERE action = 'export';
+RESET session_replication_role;
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+SET session_replication_role = replica;
+UPDATE warden.audit_log AS l SET detail = o.detail FROM original AS o WHERE l.id = o.id;
 RESET session_replication_role;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 -- A deleted entry breaks its transaction's seal: reported at the
@@ -216,26 +223,39 @@ UPDATE public.amounts SET big = big + 0.000000001, f = 1e300 WHERE id = 1;
 SELECT action, old_values, new_values FROM warden.audit_log WHERE target = 'public.amounts' ORDER BY id;
 DROP TABLE public.amounts;
 
--- Every kind of column is recorded as SQL renders it in JSON (the row's
--- to_jsonb, the same value as row_to_json read as jsonb); an UPDATE records
--- the columns whose value or spelling changed (a numeric's scale, a nested
--- document), not one assigned its own value.
-CREATE TYPE public.pair AS (x int, y text);
-CREATE TABLE public.kinds (i int PRIMARY KEY, b bigint, n numeric(12,4), f float8, nan float8,
-    t text, u uuid, ts timestamptz, d date, ok bool, arr int[], j json, jb jsonb, bin bytea,
-    p public.pair, dropped int, e text);
+-- Every kind of column is recorded as SQL renders it in JSON: the text of
+-- row_to_json(row), exactly (a numeric's scale, a float's shortest exact
+-- form, NaN quoted, embedded json verbatim, jsonb as it prints, arrays,
+-- composites, domains and enums as to_json renders them); an UPDATE
+-- records the columns whose rendering changed (a numeric's scale, a
+-- nested document), not one assigned its own value.
+CREATE TYPE public.pair AS (x int, y text, z int[]);
+CREATE TYPE public.mood AS ENUM ('ok', 'meh');
+CREATE DOMAIN public.positive AS int CHECK (VALUE > 0);
+CREATE DOMAIN public.label AS text;
+CREATE TABLE public.kinds (i int PRIMARY KEY, s smallint, b bigint, n numeric(12,4),
+    nn numeric, r real, f float8, nan float8, inf float8, t text, v varchar(5), c char(3),
+    nm name, u uuid, ts timestamptz, tz timestamp, d date, tm time, iv interval, ok bool,
+    arr int[], txts text[], j json, jb jsonb, bin bytea, ip inet, p public.pair, dropped int,
+    m public.mood, pos public.positive, lb public.label, ctl text, e text);
 ALTER TABLE public.kinds DROP COLUMN dropped;
 SELECT warden.enable_audit('public.kinds');
-INSERT INTO public.kinds VALUES (1, 9007199254740993, 12.3400, 0.1, 'NaN', E'\u00e9 "q" \t',
-    '6b5acb58-2d2e-4586-9320-20f19124dd5d', '2026-11-23 10:00:01.5+00', '2026-11-23', true,
-    '{1,NULL,3}', '{"b": 1, "a": [2], "b": 3}', '{"z": 1.10}', '\x00ff', ROW(1, 'x'), NULL);
+INSERT INTO public.kinds VALUES (1, -7, 9007199254740993, 12.3400, 'NaN', 1.5, 0.1, 'NaN',
+    '-Infinity', E'\u00e9 "q" \t \\', 'ab', 'x', 'nm', '6b5acb58-2d2e-4586-9320-20f19124dd5d',
+    '2026-11-23 10:00:01.5+00', '2026-11-23 10:00:01', '2026-11-23', '10:00', '1 day 2 hours',
+    true, '{1,NULL,3}', '{"a b",NULL,"c\"d"}', '{"b": 1, "a": [2], "b": 3}', '{"z": 1.10}',
+    '\x00ff', '10.0.0.1/8', ROW(1, 'x', '{4,5}'), 'meh', 5, 'lab', E'\x01\x1f\b\f\n\r', NULL);
 SELECT new_values FROM warden.audit_log WHERE target = 'public.kinds';
-SELECT l.new_values = row_to_json(k)::jsonb AS same_as_row_to_json
+SELECT l.new_values::text = row_to_json(k)::text AS same_as_row_to_json
   FROM warden.audit_log AS l, public.kinds AS k WHERE l.target = 'public.kinds';
-UPDATE public.kinds SET n = 12.34, jb = '{"z": 1.1}', arr = '{1,NULL,3}', p = ROW(1, 'y'), e = NULL;
+UPDATE public.kinds SET n = 12.34, jb = '{"z": 1.1}', arr = '{1,NULL,3}', p = ROW(1, 'y', '{4,5}'),
+    e = NULL, t = t;
 SELECT old_values, new_values FROM warden.audit_log WHERE target = 'public.kinds' AND action = 'UPDATE';
 DROP TABLE public.kinds;
 DROP TYPE public.pair;
+DROP TYPE public.mood;
+DROP DOMAIN public.positive;
+DROP DOMAIN public.label;
 
 -- Entries written mid-statement (every 10,000) are the current
 -- subtransaction's only. A write that fails inside a savepoint goes with

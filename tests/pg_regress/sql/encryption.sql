@@ -166,7 +166,7 @@ RESET ROLE;
 SET ROLE regress_admin;
 SELECT regress.error_of('SELECT * FROM warden.workspace_keys');
 -- Every key operation is in the audit trail, in its workspace's chain.
-SELECT workspace_id, action, detail - 'master_key_id' AS detail FROM warden.audit_log WHERE action LIKE 'key.%' ORDER BY id;
+SELECT workspace_id, action, detail::jsonb - 'master_key_id' AS detail FROM warden.audit_log WHERE action LIKE 'key.%' ORDER BY id;
 SELECT count(*) FILTER (WHERE NOT intact) AS broken_chains FROM warden.verify_audit();
 RESET ROLE;
 
