@@ -18,11 +18,9 @@
 //! The rows are WAL-logged as any INSERT's, so physical and logical
 //! replication carry them.
 
-use crate::backend::BackendLocal;
 use crate::error::WardenError;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
-use std::cell::RefCell;
 
 /// One value of a row being appended; converted to a datum in the
 /// per-row memory context.
@@ -35,6 +33,8 @@ pub enum Value<'a> {
     Text(&'a str),
     /// A json value's text.
     Json(&'a [u8]),
+    /// A json[] of these texts (none NULL).
+    JsonArray(&'a [&'a [u8]]),
     Bytea(&'a [u8]),
 }
 
@@ -50,16 +50,13 @@ pub struct Appender {
     not_null: Vec<bool>,
     /// Whether the table has CHECK constraints (run through the executor).
     has_checks: bool,
-    /// The identity column (attribute number - 1) and its sequence.
-    identity: Option<(usize, pg_sys::Oid)>,
 }
 
 impl Appender {
     /// Opens `warden.<table>` (row exclusive lock, held to the end of the
     /// transaction) for rows of `columns`, in that order; a column left
-    /// out gets its identity value if it is the identity column; any other
-    /// column left out must be nullable, without a default and not
-    /// generated (this path evaluates none), or the table is refused.
+    /// out must be nullable, without a default and not generated (this
+    /// path evaluates none), or the table is refused.
     pub fn open(table: &std::ffi::CStr, columns: &[&str]) -> Result<Appender, WardenError> {
         // SAFETY: raise (25006) in a read-only transaction, and in parallel
         // mode, as an INSERT would (the executor's ExecCheckXactReadOnly).
@@ -125,15 +122,12 @@ impl Appender {
                 .ok_or_else(|| refuse(format!("has no column {column}")))?;
             positions.push(at);
         }
-        let identity = attrs
-            .iter()
-            .position(|a| !a.attisdropped && a.attidentity != 0)
-            .filter(|at| !positions.contains(at));
-        // Nothing here evaluates defaults or generated columns: a column
-        // left out must be one that may be NULL and has neither.
+        // Nothing here evaluates defaults, identities or generated columns:
+        // a column left out must be one that may be NULL and has none.
         for (at, a) in attrs.iter().enumerate() {
-            let left_out = !a.attisdropped && !positions.contains(&at) && identity != Some(at);
-            if left_out && (a.attnotnull || a.atthasdef || a.attgenerated != 0) {
+            let left_out = !a.attisdropped && !positions.contains(&at);
+            let filled_by_default = a.atthasdef || a.attgenerated != 0 || a.attidentity != 0;
+            if left_out && (a.attnotnull || filled_by_default) {
                 return Err(refuse(format!(
                     "has a column pg_warden does not fill: {}",
                     name_of(a).to_string_lossy()
@@ -141,7 +135,6 @@ impl Appender {
             }
         }
         let not_null: Vec<bool> = positions.iter().map(|&at| attrs[at].attnotnull).collect();
-        let identity = identity.map(|at| (at, identity_sequence(rel, at)));
         // SAFETY: `rel` is open.
         let has_checks = unsafe {
             let constr = (*(*rel).rd_att).constr;
@@ -181,7 +174,6 @@ impl Appender {
                 positions,
                 not_null,
                 has_checks,
-                identity,
             };
             // Deferred uniqueness and exclusion constraints need a recheck
             // this path does not do: none of our indexes has one.
@@ -236,14 +228,6 @@ impl Appender {
                         None => {}
                     }
                 }
-                if let Some((at, sequence)) = self.identity {
-                    datums[at] = pgrx::direct_function_call_as_datum(
-                        pg_sys::nextval_oid,
-                        &[sequence.into_datum()],
-                    )
-                    .ok_or_else(|| WardenError::Internal("nextval returned NULL".into()))?;
-                    nulls[at] = false;
-                }
                 pg_sys::ExecStoreVirtualTuple(slot);
                 // NOT NULL is checked above; CHECK constraints (none of ours
                 // has one) through the executor. (With no range table entry:
@@ -291,61 +275,6 @@ impl Appender {
     }
 }
 
-/// (table, attribute number - 1, sequence) of identity columns looked up;
-/// emptied whenever the relation cache is invalidated for one of them.
-static IDENTITIES: BackendLocal<RefCell<Vec<(pg_sys::Oid, usize, pg_sys::Oid)>>> =
-    BackendLocal::new(RefCell::new(Vec::new()));
-
-/// Watches the relation cache for [`IDENTITIES`]; call once from _PG_init.
-pub fn init() {
-    // SAFETY: called once from _PG_init with a plain function.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0))
-    };
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    // A plain borrow: nothing else holds it while a callback can run.
-    if let Ok(mut cached) = IDENTITIES.try_borrow_mut() {
-        cached.retain(|(table, _, _)| relid != pg_sys::InvalidOid && *table != relid);
-    }
-}
-
-/// The sequence behind an identity column (its lookup scans pg_depend:
-/// cached until the table's relation cache entry is invalidated, as an
-/// ALTER TABLE does).
-fn identity_sequence(rel: pg_sys::Relation, at: usize) -> pg_sys::Oid {
-    // SAFETY: `rel` is open.
-    let relid = unsafe { (*rel).rd_id };
-    let cached = IDENTITIES
-        .borrow()
-        .iter()
-        .find(|(table, column, _)| *table == relid && *column == at)
-        .map(|(_, _, sequence)| *sequence);
-    if let Some(sequence) = cached {
-        return sequence;
-    }
-    let sequence = look_up_identity_sequence(rel, at);
-    IDENTITIES.borrow_mut().push((relid, at, sequence));
-    sequence
-}
-
-fn look_up_identity_sequence(rel: pg_sys::Relation, at: usize) -> pg_sys::Oid {
-    let attnum = (at + 1) as pg_sys::AttrNumber;
-    // SAFETY: `rel` is open; raises if the sequence is missing.
-    unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-        {
-            pg_sys::getIdentitySequence((*rel).rd_id, attnum, false)
-        }
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
-        {
-            pg_sys::getIdentitySequence(rel, attnum, false)
-        }
-    }
-}
-
 /// `ExecInsertIndexTuples` as each major version spells it.
 unsafe fn insert_index_tuples(
     rri: *mut pg_sys::ResultRelInfo,
@@ -378,5 +307,51 @@ fn to_datum(value: &Value<'_>) -> Result<Option<pg_sys::Datum>, WardenError> {
         Value::Text(s) => s.into_datum(),
         // json is stored as its text; pg_warden renders it valid.
         Value::Bytea(b) | Value::Json(b) => b.into_datum(),
+        // SAFETY: in the per-row memory context.
+        Value::JsonArray(texts) => Some(unsafe { json_array(texts) }?),
     })
+}
+
+/// A one-dimensional `json[]` without NULLs, laid out as `construct_array`
+/// lays it out (header, dimension and lower bound, then each element as a
+/// varlena with a 4-byte header, aligned to 4 bytes), in one allocation
+/// rather than one per element and a copy of them all.
+///
+/// # Safety
+/// Call where palloc is allowed; the result lives in the current memory
+/// context.
+unsafe fn json_array(texts: &[&[u8]]) -> Result<pg_sys::Datum, WardenError> {
+    /// The largest varlena PostgreSQL can allocate.
+    const MAX_DATA: usize = (1 << 30) - 1;
+    const HEADER: usize = 24; // ARR_OVERHEAD_NONULLS(1): MAXALIGN(16 + 2 * 4)
+    let align = |n: usize| (n + 3) & !3;
+    let data: usize = texts
+        .iter()
+        .map(|t| align(pg_sys::VARHDRSZ + t.len()))
+        .sum();
+    let total = HEADER + data;
+    if total > MAX_DATA || texts.len() > i32::MAX as usize {
+        return Err(WardenError::Internal(
+            "an audit batch too large for json[]".into(),
+        ));
+    }
+    // SAFETY: a fresh zeroed allocation of `total` bytes, filled in bounds.
+    unsafe {
+        let array = pg_sys::palloc0(total).cast::<u8>();
+        pgrx::varlena::set_varsize_4b(array.cast(), total as i32);
+        let header = array.cast::<i32>();
+        *header.add(1) = 1; // ndim
+        *header.add(2) = 0; // dataoffset: no null bitmap
+        *header.add(3) = u32::from(pg_sys::JSONOID) as i32; // elemtype
+        *header.add(4) = texts.len() as i32; // dims[0]
+        *header.add(5) = 1; // lbound[0]
+        let mut at = HEADER;
+        for text in texts {
+            let element = array.add(at);
+            pgrx::varlena::set_varsize_4b(element.cast(), (pg_sys::VARHDRSZ + text.len()) as i32);
+            std::ptr::copy_nonoverlapping(text.as_ptr(), element.add(pg_sys::VARHDRSZ), text.len());
+            at += align(pg_sys::VARHDRSZ + text.len());
+        }
+        Ok(pg_sys::Datum::from(array))
+    }
 }

@@ -49,7 +49,6 @@ pub extern "C-unwind" fn _PG_init() {
     context::on_load();
     keys::workspace::init();
     audit::init();
-    append::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -20,6 +20,7 @@ use crate::error::{raise, required, SqlResult, WardenError};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
+use std::rc::Rc;
 
 /// Guards the trail: UPDATE, DELETE and TRUNCATE are refused for everyone,
 /// the owner and superusers included; only `warden.purge_audit()` deletes.
@@ -119,7 +120,7 @@ fn audit_row<'a>(
     let entry = Entry {
         workspace: None,
         action: action.into(),
-        target: Some(plan.target.clone()),
+        target: Some(Rc::clone(&plan.target)),
         row_key,
         old_values: old,
         new_values: new,
@@ -260,8 +261,8 @@ fn audit_access_change<'a>(
             .collect();
         audit::record(Entry {
             workspace: Some(workspace),
-            action: format!("{}.{verb}", table.noun),
-            target: Some(format!("warden.{}", args[0])),
+            action: format!("{}.{verb}", table.noun).into(),
+            target: Some(Rc::from(format!("warden.{}", args[0]))),
             row_key: Some(json_text(&Value::Object(row_key))),
             old_values: old.as_ref().map(json_text),
             new_values: new.as_ref().map(json_text),
@@ -330,7 +331,7 @@ fn audit_truncate<'a>(
     let entry = Entry {
         workspace: global.then_some(None),
         action: "TRUNCATE".into(),
-        target: Some(format!("{schema}.{name}")),
+        target: Some(Rc::from(format!("{schema}.{name}"))),
         row_key: None,
         old_values: None,
         new_values: None,
@@ -435,8 +436,8 @@ fn log_event(
     unsafe { pg_sys::PreventCommandIfReadOnly(c"warden.log_event()".as_ptr()) };
     audit::record(Entry {
         workspace: None,
-        action: action.to_string(),
-        target: target.map(str::to_string),
+        action: action.to_string().into(),
+        target: target.map(Rc::from),
         row_key: None,
         old_values: None,
         new_values: None,

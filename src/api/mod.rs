@@ -90,8 +90,8 @@ mod tests {
         assert_eq!(
             dumped.as_deref(),
             Some(
-                "warden.audit_blocks,warden.audit_log,warden.audit_log_id_seq,\
-                 warden.memberships,\
+                "warden.audit_batches,warden.audit_blocks,warden.audit_entries,\
+                 warden.audit_id_seq,warden.memberships,\
                  warden.role_permissions,warden.roles,warden.shredded_workspaces,\
                  warden.workspace_keys"
             )

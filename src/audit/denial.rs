@@ -190,7 +190,7 @@ pub extern "C-unwind" fn warden_record_denial(arg: pg_sys::Datum) {
         let entry = Entry {
             workspace: None,
             action: "permission.denied".into(),
-            target: Some(permission.clone()),
+            target: Some(std::rc::Rc::from(permission.as_str())),
             row_key: None,
             old_values: None,
             new_values: None,

@@ -79,7 +79,7 @@ pub struct RowPlan {
     relid: pg_sys::Oid,
     trigger: pg_sys::Oid,
     /// `schema.table`.
-    pub target: String,
+    pub target: Rc<str>,
     /// The name generation (see `audit::names_generation`) `target` is from.
     names_seen: u64,
     columns: Vec<Column>,
@@ -535,7 +535,7 @@ unsafe fn build(
         let mut plan = RowPlan {
             relid: (*rel).rd_id,
             trigger: (*trigger).tgoid,
-            target: format!("{schema}.{name}"),
+            target: Rc::from(format!("{schema}.{name}")),
             names_seen,
             columns: Vec::new(),
             key: Vec::new(),

@@ -80,7 +80,7 @@ pub use envelope::{
 pub use error::CryptoError;
 pub use kdf::{derive_audit_key, derive_kek, derive_seal_key, master_key_id, MASTER_KEY_ID_LEN};
 pub use keys::{Key32, KEY_LEN};
-pub use mac::{fields_mac, MAC_LEN};
+pub use mac::{fields_mac, FieldsMac, MAC_LEN};
 pub use nonce::{FreshNonce, NonceGenerator};
 pub use token::{open_token, seal_token};
 pub use wrap::{key_wrap_aad, unwrap_key, wrap_key, KEY_WRAP_AAD_LEN, WRAPPED_KEY_LEN};

@@ -98,50 +98,55 @@ SET ROLE regress_admin;
 SELECT workspace_id, action, target FROM warden.audit_log ORDER BY id;
 SELECT * FROM warden.verify_audit();
 RESET ROLE;
--- Not even a superuser edits or deletes through SQL.
+-- Not even a superuser edits or deletes through SQL: not the entries, not
+-- the batches (the view is not writable at all).
+SELECT regress.error_of('DELETE FROM warden.audit_entries');
+SELECT regress.error_of('UPDATE warden.audit_entries SET detail = NULL');
+SELECT regress.error_of('TRUNCATE warden.audit_entries');
+SELECT regress.error_of('TRUNCATE warden.audit_batches');
 SELECT regress.error_of('DELETE FROM warden.audit_log');
-SELECT regress.error_of('UPDATE warden.audit_log SET detail = NULL');
-SELECT regress.error_of('TRUNCATE warden.audit_log');
+SELECT regress.error_of('INSERT INTO warden.audit_log SELECT * FROM warden.audit_log LIMIT 1');
 
 -- Tampering around the guard (triggers off) is detected and located: a
 -- changed value, and even the same document spelled differently (the MAC
 -- covers the text as stored).
 CREATE TEMP TABLE original AS SELECT id, detail FROM warden.audit_log WHERE action = 'export';
 SET session_replication_role = replica;
-UPDATE warden.audit_log SET detail = '{"format": "csv", "rows": 1000}' WHERE action = 'export';
+UPDATE warden.audit_entries SET detail = '{"format": "csv", "rows": 1000}' WHERE action = 'export';
 RESET session_replication_role;
 SELECT workspace_id, intact, first_broken_id = (SELECT id FROM warden.audit_log WHERE action = 'export') AS at_the_edit
   FROM warden.verify_audit() ORDER BY 1;
 SET session_replication_role = replica;
-UPDATE warden.audit_log SET detail = '{"format": "csv", "rows": 1}' WHERE action = 'export';
+UPDATE warden.audit_entries SET detail = '{"format": "csv", "rows": 1}' WHERE action = 'export';
 RESET session_replication_role;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 SET session_replication_role = replica;
-UPDATE warden.audit_log AS l SET detail = o.detail FROM original AS o WHERE l.id = o.id;
+UPDATE warden.audit_entries AS l SET detail = o.detail FROM original AS o WHERE l.id = o.id;
 RESET session_replication_role;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 -- A deleted entry breaks its transaction's seal: reported at the
 -- transaction's first entry.
 CREATE TEMP TABLE kept AS SELECT * FROM warden.audit_log WHERE action = 'UPDATE' AND row_key->>'n' = '2';
 SET session_replication_role = replica;
-DELETE FROM warden.audit_log WHERE id = (SELECT id FROM kept);
+DELETE FROM warden.audit_entries WHERE id = (SELECT id FROM kept);
 RESET session_replication_role;
 SELECT workspace_id, intact,
        first_broken_id = (SELECT min(id) FROM warden.audit_log
                            WHERE txid = (SELECT txid FROM kept)) AS at_its_transaction
   FROM warden.verify_audit() ORDER BY 1;
 SET session_replication_role = replica;
-INSERT INTO warden.audit_log SELECT * FROM kept;
+INSERT INTO warden.audit_entries SELECT * FROM kept;
 RESET session_replication_role;
 -- An inserted entry (its MAC cannot be made without the key) is located.
 SET session_replication_role = replica;
-INSERT INTO warden.audit_log (at, txid, txn_seq, workspace_id, db_role, action, target, mac)
-VALUES (now(), 1, 1, 'bbbbbbbb-0000-4000-8000-000000000000', 'postgres', 'DELETE', 'public.notes', '\x00');
+INSERT INTO warden.audit_entries (id, at, txid, txn_seq, workspace_id, db_role, action, target, mac)
+VALUES (nextval('warden.audit_id_seq'), now(), 1, 1, 'bbbbbbbb-0000-4000-8000-000000000000', 'postgres',
+        'DELETE', 'public.notes', '\x00');
 RESET session_replication_role;
 SELECT workspace_id, intact, first_broken_id = (SELECT max(id) FROM warden.audit_log) AS at_the_insertion
   FROM warden.verify_audit() ORDER BY 1;
 SET session_replication_role = replica;
-DELETE FROM warden.audit_log WHERE id = (SELECT max(id) FROM warden.audit_log);
+DELETE FROM warden.audit_entries WHERE id = (SELECT max(id) FROM warden.audit_entries);
 RESET session_replication_role;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 
@@ -257,20 +262,85 @@ DROP TYPE public.mood;
 DROP DOMAIN public.positive;
 DROP DOMAIN public.label;
 
+-- A statement that changes 64 rows or more of a table is stored in
+-- batches (up to 1,024 entries a row of warden.audit_batches), and read
+-- through warden.audit_log like any entries: ids and txn_seq one apart
+-- within a batch, values as row_to_json renders them, the seal on the
+-- transaction's last entry. 63 rows stay single entries.
+CREATE TABLE public.bulk (n int PRIMARY KEY, label text);
+SELECT warden.enable_audit('public.bulk');
+INSERT INTO public.bulk SELECT g, 'row ' || g FROM generate_series(1, 63) AS g;
+INSERT INTO public.bulk SELECT g, 'row ' || g FROM generate_series(101, 1125) AS g;
+SELECT (SELECT count(*) FROM warden.audit_entries WHERE target = 'public.bulk') AS single_entries,
+       (SELECT count(*) FROM warden.audit_batches WHERE target = 'public.bulk') AS batches,
+       (SELECT string_agg(entries::text, ',' ORDER BY id) FROM warden.audit_batches
+         WHERE target = 'public.bulk') AS batch_sizes;
+SELECT count(*) AS entries, count(DISTINCT id) AS ids,
+       bool_and(l.new_values::text = row_to_json(b)::text) AS same_as_row_to_json,
+       bool_and(l.row_key::text = '{"n":' || b.n || '}') AS keys
+  FROM warden.audit_log AS l JOIN public.bulk AS b ON (l.row_key->>'n')::int = b.n
+ WHERE l.target = 'public.bulk';
+SELECT max(id) - min(id) = 1024 AS ids_one_apart, max(txn_seq) - min(txn_seq) = 1024 AS seqs_one_apart,
+       count(*) FILTER (WHERE seal_mac IS NOT NULL) AS seals,
+       max(txn_seq) FILTER (WHERE seal_mac IS NOT NULL) = max(txn_seq) AS seal_on_the_last
+  FROM warden.audit_log WHERE target = 'public.bulk' AND (row_key->>'n')::int > 100;
+UPDATE public.bulk SET label = upper(label) WHERE n > 1000;
+DELETE FROM public.bulk WHERE n > 1061;
+SELECT action, count(*), min(old_values::text), min(new_values::text)
+  FROM warden.audit_log WHERE target = 'public.bulk' AND action <> 'INSERT' GROUP BY 1 ORDER BY 1;
+SELECT action, entries, row_keys IS NOT NULL AS keys, old_values IS NOT NULL AS old,
+       new_values IS NOT NULL AS new, details IS NOT NULL AS details
+  FROM warden.audit_batches WHERE target = 'public.bulk' ORDER BY id;
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+SELECT regress.error_of('DELETE FROM warden.audit_batches');
+SELECT regress.error_of('UPDATE warden.audit_batches SET details = NULL');
+-- An edited, shortened, lengthened or deleted batch is located: at the
+-- batch; a deleted one (here its transaction's only row, with its seal)
+-- where the block covering that transaction begins, no later than the
+-- next entry.
+CREATE TEMP TABLE kept_batch AS SELECT * FROM warden.audit_batches WHERE action = 'UPDATE';
+SET session_replication_role = replica;
+UPDATE warden.audit_batches SET new_values[7] = '{"n":1006,"label":"ROW 1006!"}' WHERE action = 'UPDATE';
+RESET session_replication_role;
+SELECT workspace_id, intact, first_broken_id = (SELECT id FROM kept_batch) AS at_the_batch
+  FROM warden.verify_audit() ORDER BY 1;
+SET session_replication_role = replica;
+UPDATE warden.audit_batches SET new_values = new_values[1:124] WHERE action = 'UPDATE';
+RESET session_replication_role;
+SELECT workspace_id, intact, first_broken_id = (SELECT id FROM kept_batch) AS at_the_batch
+  FROM warden.verify_audit() ORDER BY 1;
+SET session_replication_role = replica;
+UPDATE warden.audit_batches AS b SET new_values = k.new_values || '{"x":1}'::json
+  FROM kept_batch AS k WHERE b.id = k.id;
+RESET session_replication_role;
+SELECT workspace_id, intact, first_broken_id = (SELECT id FROM kept_batch) AS at_the_batch
+  FROM warden.verify_audit() ORDER BY 1;
+SET session_replication_role = replica;
+DELETE FROM warden.audit_batches WHERE action = 'UPDATE';
+RESET session_replication_role;
+SELECT workspace_id, intact, first_broken_id <= (SELECT min(id) FROM warden.audit_log
+                                                  WHERE txid > (SELECT txid FROM kept_batch)) AS located
+  FROM warden.verify_audit() ORDER BY 1;
+SET session_replication_role = replica;
+INSERT INTO warden.audit_batches SELECT * FROM kept_batch;
+RESET session_replication_role;
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+TRUNCATE public.bulk;
 -- Entries written mid-statement (every 10,000) are the current
 -- subtransaction's only. A write that fails inside a savepoint goes with
 -- it and takes no earlier entry of the transaction along (the failure
--- here: the trail's id sequence set back, so the write hits an existing id).
-CREATE TABLE public.bulk (n int PRIMARY KEY);
-SELECT warden.enable_audit('public.bulk');
+-- here: the trail's id sequence set back, so the write hits an existing
+-- batch's id).
 BEGIN;
 INSERT INTO public.bulk VALUES (0);
-SELECT setval('warden.audit_log_id_seq', (SELECT min(id) FROM warden.audit_log), false) > 0 AS set_back;
+SELECT setval('warden.audit_id_seq', (SELECT min(id) FROM warden.audit_batches), false) > 0 AS set_back;
 SELECT regress.error_of('INSERT INTO public.bulk SELECT g FROM generate_series(1, 10000) AS g');
-SELECT setval('warden.audit_log_id_seq', (SELECT max(id) FROM warden.audit_log)) > 0 AS restored;
+SELECT setval('warden.audit_id_seq', greatest((SELECT max(id) FROM warden.audit_entries),
+                                              (SELECT max(id) FROM warden.audit_batches))) > 0 AS restored;
 COMMIT;
 SELECT n FROM public.bulk;
-SELECT action, row_key FROM warden.audit_log WHERE target = 'public.bulk' ORDER BY id;
+SELECT action, row_key FROM warden.audit_log WHERE target = 'public.bulk' AND txid = (
+    SELECT max(txid) FROM warden.audit_log WHERE target = 'public.bulk') ORDER BY id;
 -- Large rows force a write before 10,000 entries, once 16 MB of JSON is
 -- buffered: a row here is about 1,000,030 bytes of JSON, so 16 rows stay
 -- buffered and a 17th forces the write. With the trail's ids set back (as
@@ -279,7 +349,7 @@ SELECT action, row_key FROM warden.audit_log WHERE target = 'public.bulk' ORDER 
 CREATE TABLE public.large (n int PRIMARY KEY, body text);
 SELECT warden.enable_audit('public.large');
 CREATE FUNCTION pg_temp.set_back() RETURNS boolean LANGUAGE sql
-    AS $$SELECT setval('warden.audit_log_id_seq', (SELECT min(id) FROM warden.audit_log), false) > 0$$;
+    AS $$SELECT setval('warden.audit_id_seq', (SELECT min(id) FROM warden.audit_entries), false) > 0$$;
 BEGIN;
 SELECT pg_temp.set_back();
 SELECT regress.error_of($$INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 16) AS g$$) AS sixteen;
@@ -298,7 +368,8 @@ RELEASE s;
 INSERT INTO public.large VALUES (21, repeat('x', 1000000));
 \set VERBOSITY default
 ROLLBACK;
-SELECT setval('warden.audit_log_id_seq', (SELECT max(id) FROM warden.audit_log)) > 0 AS restored;
+SELECT setval('warden.audit_id_seq', greatest((SELECT max(id) FROM warden.audit_entries),
+                                              (SELECT max(id) FROM warden.audit_batches))) > 0 AS restored;
 INSERT INTO public.large SELECT g, repeat('x', 1000000) FROM generate_series(1, 20) AS g;
 SELECT count(*) AS entries, sum(length(new_values->>'body')) AS bytes
   FROM warden.audit_log WHERE target = 'public.large';

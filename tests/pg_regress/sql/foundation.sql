@@ -18,7 +18,7 @@ SELECT p.oid::regprocedure AS function, p.provolatile AS vol, p.proisstrict AS s
 
 -- Tables and who may touch them; which are dumped with pg_dump.
 SELECT c.relname, c.relacl FROM pg_class c
- WHERE c.relnamespace = 'warden'::regnamespace AND c.relkind = 'r' ORDER BY 1;
+ WHERE c.relnamespace = 'warden'::regnamespace AND c.relkind IN ('r', 'v', 'S') ORDER BY 1;
 SELECT unnest(extconfig)::regclass AS dumped FROM pg_extension WHERE extname = 'pg_warden' ORDER BY 1;
 
 -- Settings, their context (who may change them) and defaults.
