@@ -314,22 +314,40 @@ unsafe fn text_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
     }
 }
 
+/// An integer as `int8out` writes it.
 fn write_int(out: &mut Vec<u8>, v: i64) {
-    // Cannot fail: writing to a Vec.
-    let _ = write!(out, "{v}");
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[at..]);
 }
 
+/// A uuid as `uuid_out` writes it, quoted.
 fn write_uuid(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for (i, b) in bytes.iter().enumerate() {
+    let mut buf = [b'"'; 38];
+    let mut at = 1;
+    for (i, b) in bytes.iter().take(16).enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push(b'-');
+            buf[at] = b'-';
+            at += 1;
         }
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 15) as usize]);
+        buf[at] = HEX[(b >> 4) as usize];
+        buf[at + 1] = HEX[(b & 15) as usize];
+        at += 2;
     }
-    out.push(b'"');
+    out.extend_from_slice(&buf);
 }
 
 /// A JSON string of `text`, escaped as PostgreSQL's `escape_json` does.
@@ -707,6 +725,15 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#""a\"b\\c\nd\re\tf\bg\fh\u0001i\u001fé""#
         );
+    }
+
+    #[test]
+    fn integers_as_int8out_writes_them() {
+        for v in [0, 7, -7, 10, 1234567890, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            write_int(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
     }
 
     #[test]

@@ -149,8 +149,29 @@ pub fn names_generation() -> u64 {
     NAMES_CHANGED.get()
 }
 
+/// The last name looked up (every row of a bulk statement asks for the
+/// same role): checked before the map.
+static LAST_NAME: BackendLocal<RefCell<Option<(NameKind, pg_sys::Oid, u64, Rc<str>)>>> =
+    BackendLocal::new(RefCell::new(None));
+
 fn cached_name(oid: pg_sys::Oid, kind: NameKind, lookup: impl FnOnce() -> Rc<str>) -> Rc<str> {
     let seen = NAMES_CHANGED.get();
+    if let Some((k, o, s, name)) = &*LAST_NAME.borrow() {
+        if (*k, *o, *s) == (kind, oid, seen) {
+            return Rc::clone(name);
+        }
+    }
+    let name = mapped_name(oid, kind, seen, lookup);
+    *LAST_NAME.borrow_mut() = Some((kind, oid, seen, Rc::clone(&name)));
+    name
+}
+
+fn mapped_name(
+    oid: pg_sys::Oid,
+    kind: NameKind,
+    seen: u64,
+    lookup: impl FnOnce() -> Rc<str>,
+) -> Rc<str> {
     {
         let mut names = NAMES.borrow_mut();
         let names = match &mut *names {
