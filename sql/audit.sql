@@ -33,10 +33,9 @@ CREATE TABLE warden.audit_entries (
     seal_entries integer,
     seal_mac     bytea
 );
+-- A workspace's rows in order: the tenant view's index, and the one
+-- chaining reads a range of.
 CREATE INDEX audit_entries_workspace ON warden.audit_entries (workspace_id, id);
--- The seals of a chain by transaction, for chaining.
-CREATE INDEX audit_entries_seals ON warden.audit_entries (workspace_id, txid)
-    WHERE seal_mac IS NOT NULL;
 COMMENT ON TABLE warden.audit_entries IS
     'pg_warden audit trail: entries (read them through warden.audit_log)';
 
@@ -81,19 +80,22 @@ EXCEPTION WHEN feature_not_supported OR syntax_error THEN
 END
 $$;
 CREATE INDEX audit_batches_workspace ON warden.audit_batches (workspace_id, id);
-CREATE INDEX audit_batches_seals ON warden.audit_batches (workspace_id, txid)
-    WHERE seal_mac IS NOT NULL;
 COMMENT ON TABLE warden.audit_batches IS
     'pg_warden audit trail: entries of bulk statements (read them through warden.audit_log)';
 
--- The chains: a block covers every seal of its workspace with a transaction
--- id in [from_txid, to_txid), and the previous block's MAC. A purge leaves a
--- mark block (purge IS NOT NULL) saying where the chain now starts.
+-- The chains: a block covers every seal of its workspace on a row with an
+-- id in (from_id, to_id], and the previous block's MAC. The next block may
+-- cover up to next_to_id (the id sequence's mark when this one was made)
+-- once no transaction below next_xid runs any more (see src/audit/chain.rs).
+-- A purge leaves a mark block (purge IS NOT NULL) saying where the chain
+-- now starts.
 CREATE TABLE warden.audit_blocks (
     workspace_id uuid,
     seq          bigint NOT NULL,
-    from_txid    bigint NOT NULL,
-    to_txid      bigint NOT NULL,
+    from_id      bigint NOT NULL,
+    to_id        bigint NOT NULL,
+    next_to_id   bigint NOT NULL,
+    next_xid     bigint NOT NULL,
     seals        integer NOT NULL,
     purge        json,
     prev_mac     bytea,

@@ -1,15 +1,26 @@
 //! The chains: seals appended per workspace in blocks, verifying them, and
 //! purging their oldest blocks.
 //!
-//! A block covers every seal of its workspace whose transaction id lies in
-//! `[from_txid, to_txid)` and MACs them with the previous block's MAC.
-//! `to_txid` is a snapshot's xmin, below which every transaction has
-//! finished, so no seal can appear in a chained range later. Chaining takes
-//! the chain's advisory lock: with a *try*-lock at commit (whoever gets it
-//! chains what has settled; the others go on), for certain in
-//! `verify_audit()` and `purge_audit()`.
+//! A block covers every seal of its workspace on a row with an id in
+//! `(from_id, to_id]`, and the previous block's MAC. Rows take their ids
+//! at write time, so a block may only cover ids no unfinished transaction
+//! can still write: a block records the id sequence's high-water mark and
+//! the next transaction id at the time it was made (`next_to_id`,
+//! `next_xid`), and the next block covers up to that mark once no
+//! transaction below that id is still running (every row at or below the
+//! mark was written by one of them). So chaining needs no index of its
+//! own: it reads a range of the `(workspace_id, id)` index.
+//!
+//! A transaction's rows in a chain are the rows with its id up to its seal
+//! (the seal is on its last row there): transaction ids alone repeat after
+//! a dump is restored into another cluster, ids do not.
+//!
+//! Chaining takes the chain's advisory lock: with a *try*-lock at commit
+//! (whoever gets it chains what has settled; the others go on), for certain
+//! in `verify_audit()` and `purge_audit()`; only at READ COMMITTED, whose
+//! statements see every transaction that has finished.
 
-use super::macs::{self, Shared};
+use super::macs;
 use crate::backend::{as_extension_owner, execute, select, select_one, BackendLocal};
 use crate::crypto::{fields_mac, Key32, MAC_LEN};
 use crate::error::WardenError;
@@ -17,7 +28,7 @@ use crate::keys::master;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::cell::Cell;
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 
 const BLOCK_LABEL: &[u8] = b"pg_warden/v1/audit-block";
 
@@ -29,6 +40,14 @@ fn in_chain(column: &str, param: &str) -> String {
     format!("COALESCE({column}, {NIL}) OPERATOR(pg_catalog.=) COALESCE({param}, {NIL})")
 }
 
+/// The rows of chain `$1`, spelled to use the `(workspace_id, id)` indexes.
+fn chain_rows(workspace: Option<[u8; 16]>) -> &'static str {
+    match workspace {
+        Some(_) => "workspace_id OPERATOR(pg_catalog.=) $1",
+        None => "workspace_id IS NULL AND $1::pg_catalog.uuid IS NULL",
+    }
+}
+
 /// An advisory lock key for a workspace's chain.
 fn chain_lock_key(workspace: Option<[u8; 16]>) -> i64 {
     let bytes = workspace.unwrap_or([0; 16]);
@@ -36,8 +55,11 @@ fn chain_lock_key(workspace: Option<[u8; 16]>) -> i64 {
     i64::from_be_bytes(bytes[..8].try_into().unwrap()) ^ 0x5744_0000_0000_0000
 }
 
-/// A seal as a block covers it.
+/// A seal as a block covers it: the row it is on, its transaction, how
+/// many entries, the MAC.
+#[derive(Clone)]
 struct SealRow {
+    id: i64,
     txid: i64,
     entries: i32,
     mac: Vec<u8>,
@@ -47,8 +69,10 @@ struct SealRow {
 struct Block {
     workspace: Option<[u8; 16]>,
     seq: i64,
-    from_txid: i64,
-    to_txid: i64,
+    from_id: i64,
+    to_id: i64,
+    next_to_id: i64,
+    next_xid: i64,
     /// A purge mark's JSON text.
     purge: Option<String>,
     prev_mac: Option<Vec<u8>>,
@@ -57,40 +81,50 @@ struct Block {
 impl Block {
     fn mac(&self, key: &Key32, seals: &[SealRow]) -> [u8; MAC_LEN] {
         let ws = self.workspace.map_or_else(Vec::new, |w| w.to_vec());
-        let (seq, from, to) = (
-            self.seq.to_be_bytes(),
-            self.from_txid.to_be_bytes(),
-            self.to_txid.to_be_bytes(),
-        );
-        let count = (seals.len() as u64).to_be_bytes();
+        let numbers: Vec<[u8; 8]> = [
+            self.seq,
+            self.from_id,
+            self.to_id,
+            self.next_to_id,
+            self.next_xid,
+            seals.len() as i64,
+        ]
+        .iter()
+        .map(|n| n.to_be_bytes())
+        .collect();
         let per_seal: Vec<Vec<u8>> = seals
             .iter()
-            .map(|s| [&s.txid.to_be_bytes()[..], &s.entries.to_be_bytes(), &s.mac].concat())
+            .map(|s| {
+                [
+                    &s.id.to_be_bytes()[..],
+                    &s.txid.to_be_bytes(),
+                    &s.entries.to_be_bytes(),
+                    &s.mac,
+                ]
+                .concat()
+            })
             .collect();
-        let mut fields: Vec<&[u8]> = vec![
-            &ws,
-            &seq,
-            &from,
-            &to,
-            self.purge.as_deref().unwrap_or("").as_bytes(),
-            self.prev_mac.as_deref().unwrap_or(&[]),
-            &count,
-        ];
+        let mut fields: Vec<&[u8]> = vec![&ws];
+        fields.extend(numbers.iter().map(|n| &n[..]));
+        fields.push(self.purge.as_deref().unwrap_or("").as_bytes());
+        fields.push(self.prev_mac.as_deref().unwrap_or(&[]));
         fields.extend(per_seal.iter().map(Vec::as_slice));
         fields_mac(key, BLOCK_LABEL, &fields)
     }
 }
 
+/// Whether this transaction's statements see every finished transaction
+/// (READ COMMITTED): chaining reads what has settled.
+fn read_committed() -> bool {
+    // SAFETY: plain backend global.
+    unsafe { pg_sys::XactIsoLevel <= pg_sys::XACT_READ_COMMITTED as i32 }
+}
+
 /// After a commit's write: for each workspace it wrote to, if no other
 /// transaction is chaining that workspace right now (a try-lock, never a
-/// wait), the seals of every transaction that has finished are appended
-/// to its chain.
+/// wait), what has settled is appended to its chain.
 pub fn chain_after_commit(workspaces: &[Option<[u8; 16]>]) -> Result<(), WardenError> {
-    // Another transaction's view of the last block could be stale outside
-    // READ COMMITTED: chain only there (others will).
-    // SAFETY: plain backend global.
-    let read_committed = unsafe { pg_sys::XactIsoLevel } <= pg_sys::XACT_READ_COMMITTED as i32;
-    if !(read_committed && due_to_chain()) {
+    if !(read_committed() && due_to_chain()) {
         return Ok(());
     }
     let keys = master::current()?;
@@ -119,8 +153,8 @@ const CHAIN_INTERVAL: i64 = 1_000_000;
 /// A backend tries to chain at its first audited commit after a second has
 /// passed since it last tried: chaining costs a few queries, and any
 /// committer (or verify_audit) chains what every backend has sealed so far.
-/// So the seals of committed transactions wait at most about a second for
-/// a block while writes go on; a quiet backend chains at every commit.
+/// So the seals of committed transactions wait a second or two for a
+/// block while writes go on; a quiet backend chains at every commit.
 fn due_to_chain() -> bool {
     // SAFETY: reads the transaction's start time.
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
@@ -131,46 +165,51 @@ fn due_to_chain() -> bool {
     due
 }
 
-/// The newest block of a chain: (seq, to_txid, mac); (0, 0, none) if none.
-fn last_block(workspace: Option<[u8; 16]>) -> Result<(i64, i64, Option<Vec<u8>>), WardenError> {
+/// The newest block of a chain and its MAC.
+fn last_block(workspace: Option<[u8; 16]>) -> Result<Option<(Block, Vec<u8>)>, WardenError> {
     let query = format!(
-        "SELECT seq, to_txid, mac FROM warden.audit_blocks WHERE {} ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::text, prev_mac, mac
+           FROM warden.audit_blocks WHERE {} ORDER BY seq DESC LIMIT 1",
         in_chain("workspace_id", "$1")
     );
     select(&query, &[workspace.map(Uuid::from_bytes).into()], |rows| {
         if rows.is_empty() {
-            return Ok((0, 0, None));
+            return Ok(None);
         }
         let row = rows.first();
-        Ok((
-            row.get::<i64>(1)?.unwrap_or(0),
-            row.get::<i64>(2)?.unwrap_or(0),
-            row.get::<Vec<u8>>(3)?,
-        ))
+        Ok(Some((
+            Block {
+                workspace,
+                seq: row.get::<i64>(1)?.unwrap_or(0),
+                from_id: row.get::<i64>(2)?.unwrap_or(0),
+                to_id: row.get::<i64>(3)?.unwrap_or(0),
+                next_to_id: row.get::<i64>(4)?.unwrap_or(0),
+                next_xid: row.get::<i64>(5)?.unwrap_or(0),
+                purge: row.get::<String>(6)?,
+                prev_mac: row.get::<Vec<u8>>(7)?,
+            },
+            row.get::<Vec<u8>>(8)?.unwrap_or_default(),
+        )))
     })
 }
 
-/// The seals of a chain with `from <= txid < to`, in txid order (from
+/// The seals of a chain on rows with `from < id <= to`, in id order (from
 /// entries and batches: a transaction's seal is on its last row there).
 fn seals_between(
     workspace: Option<[u8; 16]>,
     from: i64,
     to: i64,
 ) -> Result<Vec<SealRow>, WardenError> {
-    // Spelled to match the partial indexes on (workspace_id, txid).
-    let chain = match workspace {
-        Some(_) => "workspace_id OPERATOR(pg_catalog.=) $1",
-        None => "workspace_id IS NULL AND $1::pg_catalog.uuid IS NULL",
-    };
+    let chain = chain_rows(workspace);
     let part = |table: &str| {
         format!(
-            "SELECT txid, seal_entries, seal_mac FROM warden.{table}
-              WHERE {chain} AND seal_mac IS NOT NULL
-                AND txid OPERATOR(pg_catalog.>=) $2 AND txid OPERATOR(pg_catalog.<) $3"
+            "SELECT id, txid, seal_entries, seal_mac FROM warden.{table}
+              WHERE {chain} AND id OPERATOR(pg_catalog.>) $2 AND id OPERATOR(pg_catalog.<=) $3
+                AND seal_mac IS NOT NULL"
         )
     };
     let query = format!(
-        "{} UNION ALL {} ORDER BY txid",
+        "{} UNION ALL {} ORDER BY id",
         part("audit_entries"),
         part("audit_batches")
     );
@@ -185,9 +224,10 @@ fn seals_between(
             let mut out = Vec::new();
             for row in rows {
                 out.push(SealRow {
-                    txid: row.get::<i64>(1)?.unwrap_or(0),
-                    entries: row.get::<i32>(2)?.unwrap_or(0),
-                    mac: row.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                    id: row.get::<i64>(1)?.unwrap_or(0),
+                    txid: row.get::<i64>(2)?.unwrap_or(0),
+                    entries: row.get::<i32>(3)?.unwrap_or(0),
+                    mac: row.get::<Vec<u8>>(4)?.unwrap_or_default(),
                 });
             }
             Ok(out)
@@ -195,43 +235,80 @@ fn seals_between(
     )
 }
 
-/// Appends a block covering the seals of every transaction older than this
-/// statement's snapshot horizon (they have all finished, so no seal can
-/// still appear below it). The caller holds the chain's lock.
+/// Appends a block covering the seals that have settled since the last
+/// one (see the module's documentation), if any have. The caller holds
+/// the chain's lock.
 fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
-    let (seq, from, prev) = last_block(workspace)?;
-    let frontier = select_one::<i64>(
-        "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint",
+    if !read_committed() {
+        return Ok(());
+    }
+    // The high-water mark first, then the snapshot: every transaction that
+    // had written a row at or below the mark by then is below its xmax.
+    let high = select_one::<i64>(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM warden.audit_id_seq",
         &[],
     )?
     .unwrap_or(0);
-    if frontier <= from {
+    let (xmin, xmax) = select(
+        "SELECT pg_catalog.pg_snapshot_xmin(s)::text::bigint,
+                pg_catalog.pg_snapshot_xmax(s)::text::bigint
+           FROM pg_catalog.pg_current_snapshot() AS s",
+        &[],
+        |rows| {
+            let row = rows.first();
+            Ok((
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<i64>(2)?.unwrap_or(0),
+            ))
+        },
+    )?;
+    let Some((last, last_mac)) = last_block(workspace)? else {
+        let first = Block {
+            workspace,
+            seq: 1,
+            from_id: 0,
+            to_id: 0,
+            next_to_id: high,
+            next_xid: xmax,
+            purge: None,
+            prev_mac: None,
+        };
+        return insert_block(&first, &first.mac(key, &[]), 0);
+    };
+    // Settled: no transaction below `next_xid` runs any more; or that mark
+    // was set in another cluster (this one has not reached it: a restore,
+    // all of whose transactions have ended).
+    let settled = xmin >= last.next_xid || last.next_xid > xmax;
+    let next_to_id = high.max(last.next_to_id);
+    if !settled || (last.next_to_id == last.to_id && next_to_id == last.next_to_id) {
         return Ok(());
     }
-    let seals = seals_between(workspace, from, frontier)?;
-    if seals.is_empty() {
-        return Ok(());
-    }
+    let seals = seals_between(workspace, last.to_id, last.next_to_id)?;
     let block = Block {
         workspace,
-        seq: seq + 1,
-        from_txid: from,
-        to_txid: frontier,
+        seq: last.seq + 1,
+        from_id: last.to_id,
+        to_id: last.next_to_id,
+        next_to_id,
+        next_xid: xmax,
         purge: None,
-        prev_mac: prev,
+        prev_mac: Some(last_mac),
     };
     insert_block(&block, &block.mac(key, &seals), seals.len())
 }
 
 fn insert_block(block: &Block, mac: &[u8], seals: usize) -> Result<(), WardenError> {
     execute(
-        "INSERT INTO warden.audit_blocks (workspace_id, seq, from_txid, to_txid, seals, purge, prev_mac, mac)
-         VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.json, $7, $8)",
+        "INSERT INTO warden.audit_blocks (workspace_id, seq, from_id, to_id, next_to_id, next_xid,
+                                          seals, purge, prev_mac, mac)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::pg_catalog.json, $9, $10)",
         &[
             block.workspace.map(Uuid::from_bytes).into(),
             block.seq.into(),
-            block.from_txid.into(),
-            block.to_txid.into(),
+            block.from_id.into(),
+            block.to_id.into(),
+            block.next_to_id.into(),
+            block.next_xid.into(),
             (seals as i32).into(),
             block.purge.as_deref().into(),
             block.prev_mac.clone().into(),
@@ -266,21 +343,32 @@ pub struct ChainReport {
     pub first_broken_id: Option<i64>,
 }
 
-/// Chains what has settled, then verifies every chain (as the trail's owner).
+/// Chains everything committed before (as [`chain`] twice does), then
+/// verifies every chain (as the trail's owner).
 pub fn verify() -> Result<Vec<ChainReport>, WardenError> {
     let keys = master::current()?;
     as_extension_owner(|| {
         let mut reports = Vec::new();
         for workspace in chains()? {
-            Spi::run_with_args(
-                "SELECT pg_catalog.pg_advisory_xact_lock($1)",
-                &[chain_lock_key(workspace).into()],
-            )?;
-            chain(&keys.audit, workspace)?;
+            chain_everything(&keys.audit, workspace)?;
             reports.push(verify_chain(&keys.audit, workspace)?);
         }
         Ok(reports)
     })
+}
+
+/// Takes the chain's lock (until the transaction ends) and chains every
+/// transaction that committed before: the first round settles what the
+/// last block left pending, the second covers up to now (everything that
+/// was running when the first round looked has ended, but for
+/// transactions still running now, which are not committed yet).
+fn chain_everything(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+        &[chain_lock_key(workspace).into()],
+    )?;
+    chain(key, workspace)?;
+    chain(key, workspace)
 }
 
 /// A row of the trail (an entry or a batch) as stored, for verification.
@@ -288,154 +376,185 @@ struct StoredRow {
     id: i64,
     txid: i64,
     txn_seq: i32,
+    at: i64,
     entries: i64,
     mac: Vec<u8>,
     valid: bool,
+    /// Its seal (entries, MAC), on a transaction's last row.
+    seal: Option<(i32, Vec<u8>)>,
+    batch: bool,
 }
 
-/// Every row of a chain, with whether its MAC holds, in (txid, txn_seq)
-/// order.
+/// Every row of a chain, with whether its MAC holds, in id order.
 fn stored_rows(key: &Key32, workspace: Option<[u8; 16]>) -> Result<Vec<StoredRow>, WardenError> {
     let chain = in_chain("workspace_id", "$1");
     let ws = workspace.map(Uuid::from_bytes);
     let mut out = Vec::new();
     Spi::connect(|client| {
-        let shared_of =
-            |row: &pgrx::spi::SpiHeapTupleData, first: usize| -> Result<_, WardenError> {
-                Ok((
-                    row.get::<TimestampWithTimeZone>(first)?
-                        .map_or(0, pg_sys::TimestampTz::from),
-                    row.get::<Uuid>(first + 1)?.map(|u| *u.as_bytes()),
-                    row.get::<Uuid>(first + 2)?.map(|u| *u.as_bytes()),
-                    row.get::<String>(first + 3)?.unwrap_or_default(),
-                    row.get::<String>(first + 4)?.unwrap_or_default(),
-                    row.get::<String>(first + 5)?,
-                ))
+        for batch in [false, true] {
+            let query = if batch {
+                format!(
+                    "SELECT id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
+                            db_role, action, target, row_keys::text[], old_values::text[],
+                            new_values::text[], details::text[], entries
+                       FROM warden.audit_batches WHERE {chain}"
+                )
+            } else {
+                format!(
+                    "SELECT id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
+                            db_role, action, target, row_key::text, old_values::text,
+                            new_values::text, detail::text
+                       FROM warden.audit_entries WHERE {chain}"
+                )
             };
-        for row in client.select(
-            &format!(
-                "SELECT id, txid, txn_seq, mac, at, workspace_id, actor, db_role, action, target,
-                        row_key::text, old_values::text, new_values::text, detail::text
-                   FROM warden.audit_entries WHERE {chain}"
-            ),
-            None,
-            &[ws.into()],
-        )? {
-            let (id, txid, txn_seq) = (
-                row.get::<i64>(1)?.unwrap_or_default(),
-                row.get::<i64>(2)?.unwrap_or_default(),
-                row.get::<i32>(3)?.unwrap_or_default(),
-            );
-            let stored_mac = row.get::<Vec<u8>>(4)?.unwrap_or_default();
-            let (at, ws, actor, db_role, action, target) = shared_of(&row, 5)?;
-            let values: Vec<Option<String>> = (11..=14)
-                .map(|i| row.get::<String>(i))
-                .collect::<Result<_, _>>()?;
-            let shared = Shared {
-                at,
-                txid,
-                txn_seq,
-                workspace: ws,
-                actor,
-                db_role: db_role.as_bytes(),
-                action: action.as_bytes(),
-                target: target.as_deref().map(str::as_bytes),
-            };
-            let v = |i: usize| values[i].as_deref().map(str::as_bytes);
-            let computed = macs::entry_mac(key, &shared, &[v(0), v(1), v(2), v(3)]);
-            out.push(StoredRow {
-                id,
-                txid,
-                txn_seq,
-                entries: 1,
-                valid: computed.as_slice() == stored_mac.as_slice(),
-                mac: stored_mac,
-            });
-        }
-        for row in client.select(
-            &format!(
-                "SELECT id, txid, txn_seq, mac, at, workspace_id, actor, db_role, action, target,
-                        row_keys::text[], old_values::text[], new_values::text[], details::text[],
-                        entries
-                   FROM warden.audit_batches WHERE {chain}"
-            ),
-            None,
-            &[ws.into()],
-        )? {
-            let (id, txid, txn_seq) = (
-                row.get::<i64>(1)?.unwrap_or_default(),
-                row.get::<i64>(2)?.unwrap_or_default(),
-                row.get::<i32>(3)?.unwrap_or_default(),
-            );
-            let stored_mac = row.get::<Vec<u8>>(4)?.unwrap_or_default();
-            let (at, ws, actor, db_role, action, target) = shared_of(&row, 5)?;
-            let columns: Vec<Option<Vec<Option<String>>>> = (11..=14)
-                .map(|i| row.get::<Vec<Option<String>>>(i))
-                .collect::<Result<_, _>>()?;
-            let entries = row.get::<i32>(15)?.unwrap_or_default().max(0) as usize;
-            let shared = Shared {
-                at,
-                txid,
-                txn_seq,
-                workspace: ws,
-                actor,
-                db_role: db_role.as_bytes(),
-                action: action.as_bytes(),
-                target: target.as_deref().map(str::as_bytes),
-            };
-            let value = |field: usize, i: usize| {
-                columns[field]
-                    .as_ref()
-                    .and_then(|c| c.get(i))
-                    .and_then(|v| v.as_deref())
-                    .map(str::as_bytes)
-            };
-            let values = (0..entries).map(|i| [value(0, i), value(1, i), value(2, i), value(3, i)]);
-            let computed = macs::batch_mac(key, &shared, entries, values);
-            // Elements beyond `entries` would be rows the MAC does not cover.
-            let longer = columns.iter().flatten().any(|c| c.len() > entries);
-            out.push(StoredRow {
-                id,
-                txid,
-                txn_seq,
-                entries: entries as i64,
-                valid: !longer && computed.as_slice() == stored_mac.as_slice(),
-                mac: stored_mac,
-            });
+            for row in client.select(&query, None, &[ws.into()])? {
+                let (id, txid, txn_seq) = (
+                    row.get::<i64>(1)?.unwrap_or_default(),
+                    row.get::<i64>(2)?.unwrap_or_default(),
+                    row.get::<i32>(3)?.unwrap_or_default(),
+                );
+                let stored_mac = row.get::<Vec<u8>>(4)?.unwrap_or_default();
+                let seal = match (row.get::<i32>(5)?, row.get::<Vec<u8>>(6)?) {
+                    (Some(n), Some(mac)) => Some((n, mac)),
+                    (None, None) => None,
+                    // Half a seal: no seal, and the row does not verify.
+                    _ => Some((-1, Vec::new())),
+                };
+                let at = row
+                    .get::<TimestampWithTimeZone>(7)?
+                    .map_or(0, pg_sys::TimestampTz::from);
+                let (db_role, action, target) = (
+                    row.get::<String>(10)?.unwrap_or_default(),
+                    row.get::<String>(11)?.unwrap_or_default(),
+                    row.get::<String>(12)?,
+                );
+                let shared = macs::Shared {
+                    at,
+                    txid,
+                    txn_seq,
+                    workspace: row.get::<Uuid>(8)?.map(|u| *u.as_bytes()),
+                    actor: row.get::<Uuid>(9)?.map(|u| *u.as_bytes()),
+                    db_role: db_role.as_bytes(),
+                    action: action.as_bytes(),
+                    target: target.as_deref().map(str::as_bytes),
+                };
+                let (computed, entries, well_formed) = if batch {
+                    let columns: Vec<Option<Vec<Option<String>>>> = (13..=16)
+                        .map(|i| row.get::<Vec<Option<String>>>(i))
+                        .collect::<Result<_, _>>()?;
+                    let entries = row.get::<i32>(17)?.unwrap_or_default().max(0) as usize;
+                    let value = |field: usize, i: usize| {
+                        columns[field]
+                            .as_ref()
+                            .and_then(|c| c.get(i))
+                            .and_then(|v| v.as_deref())
+                            .map(str::as_bytes)
+                    };
+                    let values =
+                        (0..entries).map(|i| [value(0, i), value(1, i), value(2, i), value(3, i)]);
+                    // Elements beyond `entries` would be entries the MAC
+                    // does not cover.
+                    let longer = columns.iter().flatten().any(|c| c.len() > entries);
+                    (
+                        macs::batch_mac(key, &shared, entries, values),
+                        entries as i64,
+                        !longer,
+                    )
+                } else {
+                    let values: Vec<Option<String>> = (13..=16)
+                        .map(|i| row.get::<String>(i))
+                        .collect::<Result<_, _>>()?;
+                    let v = |i: usize| values[i].as_deref().map(str::as_bytes);
+                    (
+                        macs::entry_mac(key, &shared, &[v(0), v(1), v(2), v(3)]),
+                        1,
+                        true,
+                    )
+                };
+                out.push(StoredRow {
+                    id,
+                    txid,
+                    txn_seq,
+                    at,
+                    entries,
+                    valid: well_formed && computed.as_slice() == stored_mac.as_slice(),
+                    mac: stored_mac,
+                    seal,
+                    batch,
+                });
+            }
         }
         Ok::<_, WardenError>(())
     })?;
-    out.sort_by_key(|r| (r.txid, r.txn_seq, r.id));
+    out.sort_by_key(|r| r.id);
     Ok(out)
 }
 
-fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport, WardenError> {
-    let rows = stored_rows(key, workspace)?;
-    let all_seals = seals_between(workspace, i64::MIN, i64::MAX)?;
-    let blocks: Vec<(Block, Vec<u8>)> = Spi::connect(|client| {
+/// The transactions of a chain: for each seal, the rows it closes (in
+/// `rows`, which is in id order): the rows with its transaction id since
+/// that id's previous seal. Rows no seal closes come last, with `None`.
+fn transactions(rows: &[StoredRow]) -> Vec<(Option<usize>, Vec<usize>)> {
+    let mut open: HashMap<i64, Vec<usize>> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let group = open.entry(row.txid).or_default();
+        group.push(i);
+        if row.seal.is_some() {
+            let group = open.remove(&row.txid).unwrap_or_default();
+            out.push((Some(i), group));
+        }
+    }
+    let mut unsealed: Vec<Vec<usize>> = open.into_values().collect();
+    unsealed.sort();
+    out.extend(unsealed.into_iter().map(|g| (None, g)));
+    out
+}
+
+/// The blocks of a chain, in seq order, with their MACs.
+fn blocks_of(workspace: Option<[u8; 16]>) -> Result<Vec<(Block, Vec<u8>)>, WardenError> {
+    Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(
             &format!(
-                "SELECT seq, from_txid, to_txid, purge::text, prev_mac, mac FROM warden.audit_blocks
-                  WHERE {} ORDER BY seq",
+                "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::text, prev_mac, mac
+                   FROM warden.audit_blocks WHERE {} ORDER BY seq",
                 in_chain("workspace_id", "$1")
             ),
             None,
             &[workspace.map(Uuid::from_bytes).into()],
         )? {
-            let purge = row.get::<String>(4)?;
             let block = Block {
                 workspace,
                 seq: row.get::<i64>(1)?.unwrap_or(0),
-                from_txid: row.get::<i64>(2)?.unwrap_or(0),
-                to_txid: row.get::<i64>(3)?.unwrap_or(0),
-                purge,
-                prev_mac: row.get::<Vec<u8>>(5)?,
+                from_id: row.get::<i64>(2)?.unwrap_or(0),
+                to_id: row.get::<i64>(3)?.unwrap_or(0),
+                next_to_id: row.get::<i64>(4)?.unwrap_or(0),
+                next_xid: row.get::<i64>(5)?.unwrap_or(0),
+                purge: row.get::<String>(6)?,
+                prev_mac: row.get::<Vec<u8>>(7)?,
             };
-            out.push((block, row.get::<Vec<u8>>(6)?.unwrap_or_default()));
+            out.push((block, row.get::<Vec<u8>>(8)?.unwrap_or_default()));
         }
         Ok::<_, WardenError>(out)
-    })?;
+    })
+}
+
+/// Where the newest purge mark says the chain now starts: (the last
+/// purged block's seq, its MAC).
+fn anchor(blocks: &[(Block, Vec<u8>)]) -> Option<(i64, Vec<u8>)> {
+    blocks.iter().rev().find_map(|(b, _)| {
+        let purge: serde_json::Value = serde_json::from_str(b.purge.as_deref()?).ok()?;
+        let through = purge.get("purged_through_seq")?.as_i64()?;
+        Some((
+            through,
+            hex::decode(purge.get("anchor_mac")?.as_str()?).ok()?,
+        ))
+    })
+}
+
+fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport, WardenError> {
+    let rows = stored_rows(key, workspace)?;
+    let blocks = blocks_of(workspace)?;
 
     // The lowest id of a problem.
     let mut broken: Option<i64> = rows.iter().filter(|r| !r.valid).map(|r| r.id).min();
@@ -444,73 +563,71 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
             broken = Some(broken.map_or(id, |b| b.min(id)));
         }
     };
-    // Where a problem at transaction `txid` shows: its first row, or the
-    // first row after it when none of its own is left.
-    let at_or_after = |txid: i64| rows.iter().filter(|r| r.txid >= txid).map(|r| r.id).min();
 
-    // Seals: each must match its transaction's rows (in order).
-    let mut sealed = BTreeSet::new();
-    for seal in &all_seals {
-        let own = || rows.iter().filter(|r| r.txid == seal.txid);
-        let entries: i64 = own().map(|r| r.entries).sum();
+    // Each seal must match the rows it closes (their MACs in txn_seq
+    // order); rows no seal closes were inserted behind pg_warden's back
+    // (or their seal was deleted).
+    for (seal_row, group) in transactions(&rows) {
+        let first = group.first().map(|&i| rows[i].id);
+        let Some(s) = seal_row else {
+            flag(first);
+            continue;
+        };
+        let Some((sealed_entries, sealed_mac)) = &rows[s].seal else {
+            continue;
+        };
+        let mut members: Vec<&StoredRow> = group.iter().map(|&i| &rows[i]).collect();
+        members.sort_by_key(|r| (r.txn_seq, r.id));
+        let entries: i64 = members.iter().map(|r| r.entries).sum();
         let mac = macs::seal_mac(
             key,
             workspace,
-            seal.txid,
+            rows[s].txid,
             entries,
-            own().map(|r| r.mac.as_slice()),
+            members.iter().map(|r| r.mac.as_slice()),
         );
-        if i64::from(seal.entries) != entries || mac.as_slice() != seal.mac {
-            flag(at_or_after(seal.txid));
+        if i64::from(*sealed_entries) != entries || mac.as_slice() != sealed_mac.as_slice() {
+            flag(first);
         }
-        sealed.insert(seal.txid);
     }
-    // Rows no seal covers were inserted behind pg_warden's back (or their
-    // seal was deleted).
-    flag(
-        rows.iter()
-            .filter(|r| !sealed.contains(&r.txid))
-            .map(|r| r.id)
-            .min(),
-    );
 
-    // Blocks: a contiguous chain of txid ranges, each MAC'ed over the seals
+    // Blocks: a contiguous chain of id ranges, each MAC'ed over the seals
     // in its range and the previous block. A purge mark says where the
     // chain now starts.
-    let anchor = blocks.iter().rev().find_map(|(b, _)| {
-        let purge: serde_json::Value = serde_json::from_str(b.purge.as_deref()?).ok()?;
-        let through = purge.get("purged_through_seq")?.as_i64()?;
-        Some((
-            through,
-            hex::decode(purge.get("anchor_mac")?.as_str()?).ok()?,
-        ))
-    });
+    let seals: Vec<SealRow> = rows
+        .iter()
+        .filter_map(|r| {
+            r.seal.as_ref().map(|(n, mac)| SealRow {
+                id: r.id,
+                txid: r.txid,
+                entries: *n,
+                mac: mac.clone(),
+            })
+        })
+        .collect();
+    // Where a problem with a block shows: the first row after its start.
+    let after = |from: i64| rows.iter().map(|r| r.id).find(|&id| id > from);
+    let anchor = anchor(&blocks);
     let (mut expected_seq, mut expected_prev) = match &anchor {
         Some((through, mac)) => (through + 1, Some(mac.clone())),
         None => (1, None),
     };
     let mut expected_from: Option<i64> = anchor.is_none().then_some(0);
     for (block, mac) in &blocks {
-        let seals: Vec<SealRow> = all_seals
+        let covered: Vec<SealRow> = seals
             .iter()
-            .filter(|s| {
-                block.purge.is_none() && s.txid >= block.from_txid && s.txid < block.to_txid
-            })
-            .map(|s| SealRow {
-                txid: s.txid,
-                entries: s.entries,
-                mac: s.mac.clone(),
-            })
+            .filter(|s| block.purge.is_none() && s.id > block.from_id && s.id <= block.to_id)
+            .cloned()
             .collect();
         let linked = block.seq == expected_seq
             && block.prev_mac == expected_prev
-            && expected_from.is_none_or(|f| f == block.from_txid);
-        if !linked || block.mac(key, &seals).as_slice() != mac.as_slice() {
-            flag(at_or_after(block.from_txid));
+            && expected_from.is_none_or(|f| f == block.from_id);
+        if !linked || block.mac(key, &covered).as_slice() != mac.as_slice() {
+            flag(after(block.from_id));
         }
         expected_seq = block.seq + 1;
         expected_prev = Some(mac.clone());
-        expected_from = Some(block.to_txid);
+        expected_from = Some(block.to_id);
     }
     Ok(ChainReport {
         workspace,
@@ -519,107 +636,106 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
     })
 }
 
-/// Deletes, per chain, the longest run of oldest blocks whose entries are
-/// all older than `before` (with their seals and entries), after appending
-/// a purge mark that records where the chain now starts. Returns the number
-/// of entries deleted.
+/// Deletes, per chain, the longest run of oldest blocks whose transactions
+/// are all older than `before` (with those transactions' rows), after
+/// appending a purge mark that records where the chain now starts. Returns
+/// the number of entries deleted.
 pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
     let keys = master::current()?;
     as_extension_owner(|| {
         super::while_purging(|| {
             let mut deleted = 0i64;
             for workspace in chains()? {
-                let ws = workspace.map(Uuid::from_bytes);
-                Spi::run_with_args(
-                    "SELECT pg_catalog.pg_advisory_xact_lock($1)",
-                    &[chain_lock_key(workspace).into()],
-                )?;
-                chain(&keys.audit, workspace)?;
-                // The last block before the first one holding an entry at
-                // or after `before` (or a purge mark, which ends the run).
-                let newer = |table: &str| {
-                    format!(
-                        "EXISTS (SELECT FROM warden.{table} AS e
-                                  WHERE {chain_e}
-                                    AND e.txid OPERATOR(pg_catalog.>=) k.from_txid
-                                    AND e.txid OPERATOR(pg_catalog.<) k.to_txid
-                                    AND e.at OPERATOR(pg_catalog.>=) $2)",
-                        chain_e = in_chain("e.workspace_id", "$1"),
-                    )
-                };
-                let through = select_one::<i64>(
-                    &format!(
-                        "SELECT max(b.seq) FROM warden.audit_blocks AS b
-                          WHERE {chain_b} AND b.purge IS NULL
-                            AND b.seq OPERATOR(pg_catalog.<) COALESCE((
-                                SELECT min(k.seq) FROM warden.audit_blocks AS k
-                                 WHERE {chain_k} AND (k.purge IS NOT NULL OR {entries} OR {batches})),
-                                9223372036854775807)",
-                        chain_b = in_chain("b.workspace_id", "$1"),
-                        chain_k = in_chain("k.workspace_id", "$1"),
-                        entries = newer("audit_entries"),
-                        batches = newer("audit_batches"),
-                    ),
-                    &[ws.into(), before.into()],
-                )?;
-                let Some(through) = through else { continue };
-                let (anchor, up_to) = Spi::connect(|client| {
-                    let rows = client.select(
-                        &format!(
-                            "SELECT mac, to_txid FROM warden.audit_blocks
-                              WHERE {} AND seq OPERATOR(pg_catalog.=) $2",
-                            in_chain("workspace_id", "$1")
-                        ),
-                        None,
-                        &[ws.into(), through.into()],
-                    )?;
-                    let row = rows.first();
-                    Ok::<_, WardenError>((
-                        row.get::<Vec<u8>>(1)?.unwrap_or_default(),
-                        row.get::<i64>(2)?.unwrap_or(0),
-                    ))
-                })?;
-                let chain_rows = in_chain("workspace_id", "$1");
-                let n = select_one::<i64>(
-                    &format!(
-                        "SELECT (SELECT count(*) FROM warden.audit_entries
-                                  WHERE {chain_rows} AND txid OPERATOR(pg_catalog.<) $2)
-                              + (SELECT COALESCE(sum(entries), 0) FROM warden.audit_batches
-                                  WHERE {chain_rows} AND txid OPERATOR(pg_catalog.<) $2)"
-                    ),
-                    &[ws.into(), up_to.into()],
-                )?
-                .unwrap_or(0);
-                // The mark goes on the chain first, then what it covers goes.
-                let (seq, last_to, prev) = last_block(workspace)?;
-                let purge = serde_json::json!({
-                    "before": before.to_string(),
-                    "purged_through_seq": through,
-                    "anchor_mac": hex::encode(&anchor),
-                    "entries": n,
-                });
-                let mark = Block {
-                    workspace,
-                    seq: seq + 1,
-                    from_txid: last_to,
-                    to_txid: last_to,
-                    purge: Some(purge.to_string()),
-                    prev_mac: prev,
-                };
-                insert_block(&mark, &mark.mac(&keys.audit, &[]), 0)?;
-                for table in ["audit_entries", "audit_batches"] {
-                    Spi::run_with_args(
-                        &format!("DELETE FROM warden.{table} WHERE {chain_rows} AND txid OPERATOR(pg_catalog.<) $2"),
-                        &[ws.into(), up_to.into()],
-                    )?;
-                }
-                Spi::run_with_args(
-                    &format!("DELETE FROM warden.audit_blocks WHERE {chain_rows} AND seq OPERATOR(pg_catalog.<=) $2"),
-                    &[ws.into(), through.into()],
-                )?;
-                deleted += n;
+                chain_everything(&keys.audit, workspace)?;
+                deleted += purge_chain(&keys.audit, workspace, before)?;
             }
             Ok(deleted)
         })
     })
+}
+
+fn purge_chain(
+    key: &Key32,
+    workspace: Option<[u8; 16]>,
+    before: TimestampWithTimeZone,
+) -> Result<i64, WardenError> {
+    let cut_off = pg_sys::TimestampTz::from(before);
+    let rows = stored_rows(key, workspace)?;
+    let blocks = blocks_of(workspace)?;
+    let transactions = transactions(&rows);
+    // The newest row of each sealed transaction, by its seal's row id.
+    let newest: Vec<(i64, i64)> = transactions
+        .iter()
+        .filter_map(|(seal, group)| {
+            let s = (*seal)?;
+            Some((rows[s].id, group.iter().map(|&i| rows[i].at).max()?))
+        })
+        .collect();
+    // The run of oldest blocks (purge marks aside) whose transactions are
+    // all older than `before`.
+    let mut through: Option<&(Block, Vec<u8>)> = None;
+    for b in blocks.iter().filter(|(b, _)| b.purge.is_none()) {
+        let (block, _) = b;
+        let newer = newest
+            .iter()
+            .any(|&(id, at)| id > block.from_id && id <= block.to_id && at >= cut_off);
+        if newer {
+            break;
+        }
+        through = Some(b);
+    }
+    let Some((through, through_mac)) = through else {
+        return Ok(0);
+    };
+    // Their transactions' rows.
+    let (mut entry_ids, mut batch_ids, mut n) = (Vec::new(), Vec::new(), 0i64);
+    for (seal, group) in &transactions {
+        if seal.is_some_and(|s| rows[s].id <= through.to_id) {
+            for &i in group {
+                n += rows[i].entries;
+                if rows[i].batch {
+                    batch_ids.push(rows[i].id);
+                } else {
+                    entry_ids.push(rows[i].id);
+                }
+            }
+        }
+    }
+    // The mark goes on the chain first, then what it covers goes.
+    let Some((last, last_mac)) = blocks.last() else {
+        return Ok(0);
+    };
+    let purge = serde_json::json!({
+        "before": before.to_string(),
+        "purged_through_seq": through.seq,
+        "anchor_mac": hex::encode(through_mac),
+        "entries": n,
+    });
+    let mark = Block {
+        workspace,
+        seq: last.seq + 1,
+        from_id: last.to_id,
+        to_id: last.to_id,
+        next_to_id: last.next_to_id,
+        next_xid: last.next_xid,
+        purge: Some(purge.to_string()),
+        prev_mac: Some(last_mac.clone()),
+    };
+    insert_block(&mark, &mark.mac(key, &[]), 0)?;
+    for (table, ids) in [("audit_entries", entry_ids), ("audit_batches", batch_ids)] {
+        for chunk in ids.chunks(10_000) {
+            Spi::run_with_args(
+                &format!("DELETE FROM warden.{table} WHERE id OPERATOR(pg_catalog.=) ANY ($1)"),
+                &[chunk.to_vec().into()],
+            )?;
+        }
+    }
+    Spi::run_with_args(
+        &format!(
+            "DELETE FROM warden.audit_blocks WHERE {} AND seq OPERATOR(pg_catalog.<=) $2",
+            in_chain("workspace_id", "$1")
+        ),
+        &[workspace.map(Uuid::from_bytes).into(), through.seq.into()],
+    )?;
+    Ok(n)
 }

@@ -149,10 +149,12 @@ pub fn names_generation() -> u64 {
     NAMES_CHANGED.get()
 }
 
+/// A name looked up: what, which, at which `NAMES_CHANGED`, the name.
+type NameLookup = (NameKind, pg_sys::Oid, u64, Rc<str>);
+
 /// The last name looked up (every row of a bulk statement asks for the
 /// same role): checked before the map.
-static LAST_NAME: BackendLocal<RefCell<Option<(NameKind, pg_sys::Oid, u64, Rc<str>)>>> =
-    BackendLocal::new(RefCell::new(None));
+static LAST_NAME: BackendLocal<RefCell<Option<NameLookup>>> = BackendLocal::new(RefCell::new(None));
 
 fn cached_name(oid: pg_sys::Oid, kind: NameKind, lookup: impl FnOnce() -> Rc<str>) -> Rc<str> {
     let seen = NAMES_CHANGED.get();

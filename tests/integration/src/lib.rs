@@ -89,7 +89,8 @@ fn cluster_dir() -> PathBuf {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    /// A new cluster with a new master key, or a copy of `master_key`.
+    fn start(master_key: Option<&Path>) -> Cluster {
         let dir = cluster_dir();
         let port = free_port();
         let data = dir.join("data");
@@ -111,13 +112,18 @@ impl Cluster {
                 .arg("--locale=C.UTF-8"),
             "initdb",
         );
-        run(
-            as_pg("sh").arg("-c").arg(format!(
+        let make_key = match master_key {
+            Some(from) => format!(
+                "umask 077 && cat '{}' > '{}'",
+                from.display(),
+                key.display()
+            ),
+            None => format!(
                 "umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > '{}'",
                 key.display()
-            )),
-            "master key",
-        );
+            ),
+        };
+        run(as_pg("sh").arg("-c").arg(make_key), "master key");
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              fsync = off\nshared_preload_libraries = 'pg_warden, pg_stat_statements'\n\
@@ -239,17 +245,23 @@ impl Cluster {
     /// `pg_dump -Fc` of `from`, restored with `pg_restore --exit-on-error`
     /// into a new database `to` of this cluster (same master key).
     pub fn dump_and_restore(&self, from: &str, to: &str) {
-        self.dump_and_replay(from, to, Replay::Archive);
+        self.dump_and_replay(from, self, to, Replay::Archive);
     }
 
     /// `pg_dump` as a plain SQL script of `from`, replayed with
     /// `psql -v ON_ERROR_STOP=1` into a new database `to` (the other way
     /// restores are done).
     pub fn dump_and_restore_plain(&self, from: &str, to: &str) {
-        self.dump_and_replay(from, to, Replay::Script);
+        self.dump_and_replay(from, self, to, Replay::Script);
     }
 
-    fn dump_and_replay(&self, from: &str, to: &str, how: Replay) {
+    /// `pg_dump -Fc` of `from`, restored into a new database `to` of
+    /// another cluster (which needs the roles the dump grants to).
+    pub fn dump_and_restore_into(&self, from: &str, other: &Cluster, to: &str) {
+        self.dump_and_replay(from, other, to, Replay::Archive);
+    }
+
+    fn dump_and_replay(&self, from: &str, target: &Cluster, to: &str, how: Replay) {
         let (format, program, args): (&str, &str, &[&str]) = match how {
             Replay::Archive => ("-Fc", "pg_restore", &["--exit-on-error", "-d", to]),
             Replay::Script => (
@@ -270,14 +282,14 @@ impl Cluster {
             "pg_dump: {}",
             String::from_utf8_lossy(&dump.stderr)
         );
-        let mut admin = self.superuser("postgres");
+        let mut admin = target.superuser("postgres");
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{to}\""))
             .unwrap();
         admin
             .batch_execute(&format!("CREATE DATABASE \"{to}\""))
             .unwrap();
-        let restore = self
+        let restore = target
             .client_program(program)
             .args(args)
             .arg(&path)
@@ -433,7 +445,14 @@ fn write_as_pg(path: &Path, contents: &str) {
 /// The cluster of this test process, started on first use.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
+    CLUSTER.get_or_init(|| Cluster::start(None))
+}
+
+/// A second cluster with the same master key (a restore elsewhere),
+/// started on first use.
+pub fn second_cluster() -> &'static Cluster {
+    static SECOND: OnceLock<Cluster> = OnceLock::new();
+    SECOND.get_or_init(|| Cluster::start(Some(&cluster().master_key_file())))
 }
 
 /// The SQLSTATE of a failed statement, for asserting on error classes.

@@ -1,7 +1,7 @@
 //! The audit trail through a real client: concurrent writers in one
 //! workspace, the tenant view, and dump/restore.
 
-use pg_warden_integration::{cluster, postgres::Client};
+use pg_warden_integration::{cluster, postgres::Client, second_cluster, Cluster};
 
 const WS_A: &str = "eeeeeeee-0000-4000-8000-00000000000a";
 const WS_B: &str = "eeeeeeee-0000-4000-8000-00000000000b";
@@ -37,8 +37,11 @@ fn app(db: &str, ws: &str, user: &str) -> Client {
 
 /// (workspace, entries, intact) per chain, as the administrator verifies.
 fn verify(db: &str) -> Vec<(Option<String>, i64, bool)> {
-    cluster()
-        .connect(db, "audit_admin")
+    verify_in(cluster(), db)
+}
+
+fn verify_in(c: &Cluster, db: &str) -> Vec<(Option<String>, i64, bool)> {
+    c.connect(db, "audit_admin")
         .unwrap()
         .query(
             "SELECT workspace_id::text, entries, intact FROM warden.verify_audit() ORDER BY 1",
@@ -274,6 +277,120 @@ fn membership_changes_by_an_administrator_reach_the_tenant_trail() {
         verify("audit_access"),
         [
             (Some(WS_A.to_string()), 3, true),
+            (Some(WS_B.to_string()), 1, true)
+        ]
+    );
+}
+
+/// The next transaction id to be given out (reading it takes none).
+fn next_xid(client: &mut Client) -> i64 {
+    client
+        .query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Transaction ids start again in a new cluster: a trail restored there
+/// holds the ids its new transactions take. A transaction is its id up to
+/// its seal, so those new transactions seal, chain and verify as their own.
+#[test]
+fn a_trail_restored_into_another_cluster_keeps_verifying() {
+    setup("audit_moved");
+    // Ahead of the new cluster, whatever else ran here first.
+    let mut su = cluster().superuser("audit_moved");
+    for _ in 0..600 {
+        su.batch_execute("SELECT pg_current_xact_id()").unwrap();
+    }
+    let mut a = app("audit_moved", WS_A, USER_A);
+    for i in 0..30 {
+        a.execute(
+            "INSERT INTO public.events (workspace_id, payload) VALUES ($1::text::uuid, $2)",
+            &[&WS_A, &format!("row {i}")],
+        )
+        .unwrap();
+    }
+    a.execute(
+        "INSERT INTO public.events (workspace_id, payload)
+         SELECT $1::text::uuid, 'bulk ' || g FROM generate_series(1, 100) AS g",
+        &[&WS_A],
+    )
+    .unwrap();
+    let before = verify("audit_moved");
+    assert_eq!(before[0], (Some(WS_A.to_string()), 131, true));
+
+    let other = second_cluster();
+    // (Its first CREATE EXTENSION creates warden_user and warden_admin.)
+    other.create_database("audit_roles");
+    other.create_login_role("audit_app", &["warden_user"]);
+    other.create_login_role("audit_admin", &["warden_admin"]);
+    cluster().dump_and_restore_into("audit_moved", other, "audit_moved");
+    assert_eq!(verify_in(other, "audit_moved"), before);
+
+    // New audited transactions at transaction ids the restored trail holds
+    // (three of them: a background process may take an id meant for one).
+    let mut su = other.superuser("audit_moved");
+    let candidates: Vec<i64> = su
+        .query(
+            "SELECT DISTINCT txid FROM warden.audit_log
+              WHERE txid > pg_current_xact_id()::text::bigint + 5 ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut b = other.connect("audit_moved", "audit_app").unwrap();
+    b.execute(
+        "SELECT warden.set_context($1::text::uuid, $2::text::uuid, false)",
+        &[&WS_A, &USER_A],
+    )
+    .unwrap();
+    let mut taken = Vec::new();
+    for txid in candidates {
+        while next_xid(&mut su) < txid {
+            su.batch_execute("SELECT pg_current_xact_id()").unwrap();
+        }
+        if next_xid(&mut su) != txid {
+            continue;
+        }
+        let mut tx = b.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO public.events (workspace_id, payload) VALUES ($1::text::uuid, 'moved')",
+            &[&WS_A],
+        )
+        .unwrap();
+        let own: i64 = tx
+            .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+            .unwrap()
+            .get(0);
+        if own == txid {
+            tx.commit().unwrap();
+            taken.push(txid);
+            if taken.len() == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        taken.len(),
+        3,
+        "three new transactions at ids of the old trail"
+    );
+    let shared: i64 = su
+        .query_one(
+            "SELECT count(DISTINCT id) FROM warden.audit_log WHERE txid = ANY ($1)",
+            &[&taken],
+        )
+        .unwrap()
+        .get(0);
+    assert!(shared >= 6, "old and new entries share transaction ids");
+    assert_eq!(
+        verify_in(other, "audit_moved"),
+        [
+            (Some(WS_A.to_string()), 134, true),
             (Some(WS_B.to_string()), 1, true)
         ]
     );

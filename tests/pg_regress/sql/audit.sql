@@ -434,6 +434,31 @@ SELECT workspace_id, purge IS NOT NULL AS purge_mark, (purge->>'purged_through_s
 SELECT * FROM warden.verify_audit();
 SELECT regress.error_of($$SELECT warden.purge_audit(NULL)$$);
 RESET ROLE;
+-- Purges go on: each leaves a mark, earlier marks go with what they
+-- precede, and the chain verifies after every one.
+CREATE TABLE public.later (n int PRIMARY KEY);
+SELECT warden.enable_audit('public.later');
+INSERT INTO public.later VALUES (1);
+INSERT INTO public.later VALUES (2);
+SET ROLE regress_admin;
+SELECT warden.purge_audit(now() + interval '1 day') AS second_purge;
+RESET ROLE;
+INSERT INTO public.later VALUES (3);
+SET ROLE regress_admin;
+SELECT warden.purge_audit(now() + interval '1 day') AS third_purge;
+SELECT count(*) AS entries_left FROM warden.audit_log;
+SELECT count(*) FILTER (WHERE purge IS NOT NULL) AS marks, count(*) AS blocks
+  FROM warden.audit_blocks WHERE workspace_id IS NULL;
+SELECT * FROM warden.verify_audit();
+-- Nothing older than the cut-off: nothing goes.
+RESET ROLE;
+INSERT INTO public.later VALUES (4);
+SET ROLE regress_admin;
+SELECT warden.purge_audit(now() - interval '1 day') AS nothing_older;
+SELECT count(*) AS entries_left FROM warden.audit_log;
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+RESET ROLE;
+DROP TABLE public.later;
 
 DROP TABLE public.cards, public.notes;
 DELETE FROM warden.memberships;
