@@ -57,25 +57,16 @@ impl Appender {
     /// transaction) for rows of `columns`, in that order; a column left
     /// out must be nullable, without a default and not generated (this
     /// path evaluates none), or the table is refused.
-    pub fn open(table: &std::ffi::CStr, columns: &[&str]) -> Result<Appender, WardenError> {
+    pub fn open(table: &'static std::ffi::CStr, columns: &[&str]) -> Result<Appender, WardenError> {
         // SAFETY: raise (25006) in a read-only transaction, and in parallel
         // mode, as an INSERT would (the executor's ExecCheckXactReadOnly).
         unsafe {
             pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
             pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
         }
-        // SAFETY: syscache lookups; table_open raises if the table is gone.
-        let rel = unsafe {
-            let schema = pg_sys::get_namespace_oid(c"warden".as_ptr(), false);
-            let relid = pg_sys::get_relname_relid(table.as_ptr(), schema);
-            if relid == pg_sys::InvalidOid {
-                return Err(WardenError::Internal(format!(
-                    "warden.{} is missing",
-                    table.to_string_lossy()
-                )));
-            }
-            pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32)
-        };
+        let relid = crate::backend::warden_relation(table)?;
+        // SAFETY: table_open raises if the table is gone.
+        let rel = unsafe { pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32) };
         // SAFETY: `rel` is open.
         let plain_table = unsafe { (*(*rel).rd_rel).relkind } as u8 == pg_sys::RELKIND_RELATION;
         if !plain_table {

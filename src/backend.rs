@@ -6,8 +6,9 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::rc::Rc;
 
 /// A static owned by this backend process. A PostgreSQL backend runs a
@@ -46,14 +47,10 @@ pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Resu
 }
 
 /// The owner of pg_warden's tables. Cached per backend, keyed by the OID of
-/// `warden.memberships` (a syscache lookup, no query): a re-created
-/// extension has new tables and is looked up again.
+/// `warden.memberships`: a re-created extension has new tables and is
+/// looked up again.
 fn extension_owner() -> Result<pg_sys::Oid, WardenError> {
-    // SAFETY: syscache lookups by name; InvalidOid when missing.
-    let table = unsafe {
-        let schema = pg_sys::get_namespace_oid(c"warden".as_ptr(), true);
-        pg_sys::get_relname_relid(c"memberships".as_ptr(), schema)
-    };
+    let table = warden_relation(c"memberships").unwrap_or(pg_sys::InvalidOid);
     if let Some((cached_for, owner)) = OWNER.get() {
         if cached_for == table {
             return Ok(owner);
@@ -71,6 +68,70 @@ fn extension_owner() -> Result<pg_sys::Oid, WardenError> {
 /// (memberships table, its owner) of the last lookup.
 static OWNER: BackendLocal<std::cell::Cell<Option<(pg_sys::Oid, pg_sys::Oid)>>> =
     BackendLocal::new(std::cell::Cell::new(None));
+
+/// The OID of `warden.<name>`, one of pg_warden's own relations. Looked up
+/// by name once per backend (audited commits need several of them) and
+/// again after the relation cache announces a change to one of them (a
+/// dropped and re-created extension) or any schema changes.
+pub fn warden_relation(name: &'static CStr) -> Result<pg_sys::Oid, WardenError> {
+    if RELATIONS_CHANGED.replace(false) {
+        RELATIONS.borrow_mut().clear();
+    }
+    if let Some(&(_, oid)) = RELATIONS.borrow().iter().find(|(n, _)| *n == name) {
+        return Ok(oid);
+    }
+    // SAFETY: syscache lookups by name; InvalidOid when missing.
+    let oid = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"warden".as_ptr(), true);
+        pg_sys::get_relname_relid(name.as_ptr(), schema)
+    };
+    if oid == pg_sys::InvalidOid {
+        return Err(WardenError::Internal(format!(
+            "warden.{} is missing",
+            name.to_string_lossy()
+        )));
+    }
+    // Not kept if something changed during the lookup.
+    if !RELATIONS_CHANGED.get() {
+        RELATIONS.borrow_mut().push((name, oid));
+    }
+    Ok(oid)
+}
+
+static RELATIONS: BackendLocal<RefCell<Vec<(&'static CStr, pg_sys::Oid)>>> =
+    BackendLocal::new(RefCell::new(Vec::new()));
+/// Set by the invalidation callbacks (which must not touch `RELATIONS`:
+/// they can run during a lookup).
+static RELATIONS_CHANGED: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
+
+/// Registers the callbacks that keep [`warden_relation`] honest; once,
+/// from _PG_init.
+pub fn init() {
+    // SAFETY: called once from _PG_init with plain functions.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+            Some(schema_changed),
+            pg_sys::Datum::from(0),
+        );
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = RELATIONS
+        .try_borrow()
+        .map_or(true, |r| r.iter().any(|(_, oid)| *oid == relid));
+    if relid == pg_sys::InvalidOid || ours {
+        RELATIONS_CHANGED.set(true);
+    }
+}
+
+unsafe extern "C-unwind" fn schema_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    // Only a flag: cannot fail, so no guard is needed.
+    RELATIONS_CHANGED.set(true);
+}
 
 /// The user and security context to restore; restores them when dropped,
 /// so an unwinding error restores them too (transaction abort would as

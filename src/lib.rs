@@ -45,6 +45,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    backend::init();
     context::init();
     context::on_load();
     keys::workspace::init();

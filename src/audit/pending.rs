@@ -471,17 +471,7 @@ const BATCH_COLUMNS: &[&str] = &[
 /// The trail's id sequence (each row takes one value; a batch's entries
 /// the ones up to the next).
 fn id_sequence() -> Result<pg_sys::Oid, WardenError> {
-    // SAFETY: syscache lookups; InvalidOid when missing.
-    let sequence = unsafe {
-        let schema = pg_sys::get_namespace_oid(c"warden".as_ptr(), false);
-        pg_sys::get_relname_relid(c"audit_id_seq".as_ptr(), schema)
-    };
-    if sequence == pg_sys::InvalidOid {
-        return Err(WardenError::Internal(
-            "warden.audit_id_seq is missing".into(),
-        ));
-    }
-    Ok(sequence)
+    crate::backend::warden_relation(c"audit_id_seq")
 }
 
 fn next_id(sequence: pg_sys::Oid) -> Result<i64, WardenError> {
