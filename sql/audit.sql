@@ -13,8 +13,9 @@ CREATE SEQUENCE warden.audit_id_seq INCREMENT BY 1024;
 -- warden.verify_audit(). The last row a transaction writes in a workspace
 -- (here or in audit_batches) carries the transaction's seal there: how
 -- many entries it wrote in that workspace (`seal_entries`) and the MAC of
--- its rows' MACs, in order (`seal_mac`), so a deleted row is detectable
--- too.
+-- its rows' MACs, in order (`seal_mac`; NULL when that row is the
+-- transaction's only one there, sealed by its own MAC), so a deleted row
+-- is detectable too.
 CREATE TABLE warden.audit_entries (
     id           bigint PRIMARY KEY,
     at           timestamptz NOT NULL,

@@ -203,9 +203,9 @@ fn seals_between(
     let chain = chain_rows(workspace);
     let part = |table: &str| {
         format!(
-            "SELECT id, txid, seal_entries, seal_mac FROM warden.{table}
+            "SELECT id, txid, seal_entries, COALESCE(seal_mac, mac) FROM warden.{table}
               WHERE {chain} AND id OPERATOR(pg_catalog.>) $2 AND id OPERATOR(pg_catalog.<=) $3
-                AND seal_mac IS NOT NULL"
+                AND seal_entries IS NOT NULL"
         )
     };
     let query = format!(
@@ -380,8 +380,9 @@ struct StoredRow {
     entries: i64,
     mac: Vec<u8>,
     valid: bool,
-    /// Its seal (entries, MAC), on a transaction's last row.
-    seal: Option<(i32, Vec<u8>)>,
+    /// Its seal (entries, MAC), on a transaction's last row; no MAC when
+    /// it is the transaction's only row (its own MAC seals it).
+    seal: Option<(i32, Option<Vec<u8>>)>,
     batch: bool,
 }
 
@@ -415,10 +416,10 @@ fn stored_rows(key: &Key32, workspace: Option<[u8; 16]>) -> Result<Vec<StoredRow
                 );
                 let stored_mac = row.get::<Vec<u8>>(4)?.unwrap_or_default();
                 let seal = match (row.get::<i32>(5)?, row.get::<Vec<u8>>(6)?) {
-                    (Some(n), Some(mac)) => Some((n, mac)),
+                    (Some(n), mac) => Some((n, mac)),
                     (None, None) => None,
-                    // Half a seal: no seal, and the row does not verify.
-                    _ => Some((-1, Vec::new())),
+                    // A MAC without a count: a seal that cannot match.
+                    (None, Some(_)) => Some((-1, None)),
                 };
                 let at = row
                     .get::<TimestampWithTimeZone>(7)?
@@ -579,14 +580,21 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
         let mut members: Vec<&StoredRow> = group.iter().map(|&i| &rows[i]).collect();
         members.sort_by_key(|r| (r.txn_seq, r.id));
         let entries: i64 = members.iter().map(|r| r.entries).sum();
-        let mac = macs::seal_mac(
-            key,
-            workspace,
-            rows[s].txid,
-            entries,
-            members.iter().map(|r| r.mac.as_slice()),
-        );
-        if i64::from(*sealed_entries) != entries || mac.as_slice() != sealed_mac.as_slice() {
+        let holds = match sealed_mac {
+            // The transaction's only row seals itself.
+            None => members.len() == 1,
+            Some(sealed_mac) => {
+                let mac = macs::seal_mac(
+                    key,
+                    workspace,
+                    rows[s].txid,
+                    entries,
+                    members.iter().map(|r| r.mac.as_slice()),
+                );
+                mac.as_slice() == sealed_mac.as_slice()
+            }
+        };
+        if i64::from(*sealed_entries) != entries || !holds {
             flag(first);
         }
     }
@@ -601,7 +609,7 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
                 id: r.id,
                 txid: r.txid,
                 entries: *n,
-                mac: mac.clone(),
+                mac: mac.clone().unwrap_or_else(|| r.mac.clone()),
             })
         })
         .collect();

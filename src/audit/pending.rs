@@ -248,8 +248,10 @@ struct Row {
     count: usize,
     batch: bool,
     mac: [u8; MAC_LEN],
-    /// On each workspace's last row, at commit: the seal (entries, MAC).
-    seal: Option<(i64, [u8; MAC_LEN])>,
+    /// On each workspace's last row, at commit: the seal (entries, MAC;
+    /// no MAC when the row is the transaction's only one there: its own
+    /// MAC seals it).
+    seal: Option<(i64, Option<[u8; MAC_LEN]>)>,
 }
 
 /// Writes what is buffered (as the trail's owner): when the buffer is full
@@ -384,13 +386,17 @@ fn seal(
             .and_then(|s| s.row)
             .ok_or(WardenError::AuditEntriesLost)?;
         let entries: usize = chunk.iter().map(|s| s.entries).sum();
-        let mac = macs::seal_mac(
-            key,
-            chunk[0].workspace,
-            txid,
-            entries as i64,
-            chunk.iter().map(|s| &s.mac[..]),
-        );
+        // One row: its count and its own MAC (which covers the transaction
+        // id) say all there is to say.
+        let mac = (chunk.len() > 1).then(|| {
+            macs::seal_mac(
+                key,
+                chunk[0].workspace,
+                txid,
+                entries as i64,
+                chunk.iter().map(|s| &s.mac[..]),
+            )
+        });
         rows[last].seal = Some((entries as i64, mac));
     }
     Ok(())
@@ -488,9 +494,12 @@ fn write<'a>(txid: i64, runs: &'a [Run], rows: &[Row]) -> Result<(), WardenError
     fn text(v: Option<&str>) -> Value<'_> {
         v.map_or(Value::Null, Value::Text)
     }
-    fn seal_values(seal: &Option<(i64, [u8; MAC_LEN])>) -> [Value<'_>; 2] {
+    fn seal_values(seal: &Option<(i64, Option<[u8; MAC_LEN]>)>) -> [Value<'_>; 2] {
         match seal {
-            Some((n, mac)) => [Value::Int4(*n as i32), Value::Bytea(mac)],
+            Some((n, mac)) => [
+                Value::Int4(*n as i32),
+                mac.as_ref().map_or(Value::Null, |m| Value::Bytea(m)),
+            ],
             None => [Value::Null, Value::Null],
         }
     }

@@ -149,6 +149,31 @@ SET session_replication_role = replica;
 DELETE FROM warden.audit_entries WHERE id = (SELECT max(id) FROM warden.audit_entries);
 RESET session_replication_role;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+-- A transaction's only row in a workspace seals itself (a count, no seal
+-- MAC: its own MAC covers its transaction): an edited count, or a copy of
+-- it slipped in ahead as a second row of that transaction, is found.
+CREATE TEMP TABLE lone AS SELECT * FROM warden.audit_entries
+ WHERE seal_entries IS NOT NULL AND seal_mac IS NULL ORDER BY id LIMIT 1;
+SELECT count(*) AS self_sealed, min(seal_entries) AS seal_entries FROM lone;
+SET session_replication_role = replica;
+UPDATE warden.audit_entries SET seal_entries = 2 WHERE id = (SELECT id FROM lone);
+RESET session_replication_role;
+SELECT workspace_id IS NOT DISTINCT FROM (SELECT workspace_id FROM lone) AS its_chain, intact,
+       first_broken_id = (SELECT id FROM lone) AS at_the_row
+  FROM warden.verify_audit() WHERE NOT intact;
+SET session_replication_role = replica;
+UPDATE warden.audit_entries SET seal_entries = 1 WHERE id = (SELECT id FROM lone);
+INSERT INTO warden.audit_entries
+SELECT id - 1, at, txid, txn_seq, workspace_id, actor, db_role, action, target, row_key,
+       old_values, new_values, detail, mac, NULL, NULL FROM lone;
+RESET session_replication_role;
+SELECT workspace_id IS NOT DISTINCT FROM (SELECT workspace_id FROM lone) AS its_chain, intact,
+       first_broken_id = (SELECT id - 1 FROM lone) AS at_the_copy
+  FROM warden.verify_audit() WHERE NOT intact;
+SET session_replication_role = replica;
+DELETE FROM warden.audit_entries WHERE id = (SELECT id - 1 FROM lone);
+RESET session_replication_role;
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 
 -- Disabling audit detaches the triggers; no more entries.
 SET ROLE regress_owner;
@@ -281,8 +306,8 @@ SELECT count(*) AS entries, count(DISTINCT id) AS ids,
   FROM warden.audit_log AS l JOIN public.bulk AS b ON (l.row_key->>'n')::int = b.n
  WHERE l.target = 'public.bulk';
 SELECT max(id) - min(id) = 1024 AS ids_one_apart, max(txn_seq) - min(txn_seq) = 1024 AS seqs_one_apart,
-       count(*) FILTER (WHERE seal_mac IS NOT NULL) AS seals,
-       max(txn_seq) FILTER (WHERE seal_mac IS NOT NULL) = max(txn_seq) AS seal_on_the_last
+       count(*) FILTER (WHERE seal_entries IS NOT NULL) AS seals,
+       max(txn_seq) FILTER (WHERE seal_entries IS NOT NULL) = max(txn_seq) AS seal_on_the_last
   FROM warden.audit_log WHERE target = 'public.bulk' AND (row_key->>'n')::int > 100;
 UPDATE public.bulk SET label = upper(label) WHERE n > 1000;
 DELETE FROM public.bulk WHERE n > 1061;
@@ -411,7 +436,7 @@ SELECT count(*) AS entries FROM warden.audit_log WHERE target = 'public.spill';
 -- the 10,000th entry leaves it).
 INSERT INTO public.spill SELECT g FROM generate_series(30001, 40000) AS g;
 SELECT target, txn_seq, seal_entries FROM warden.audit_log
- WHERE target = 'public.spill' AND seal_mac IS NOT NULL ORDER BY id;
+ WHERE target = 'public.spill' AND seal_entries IS NOT NULL ORDER BY id;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 DROP TABLE public.bulk, public.spill;
 
