@@ -18,9 +18,11 @@
 //! The rows are WAL-logged as any INSERT's, so physical and logical
 //! replication carry them.
 
+use crate::backend::BackendLocal;
 use crate::error::WardenError;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
+use std::cell::RefCell;
 
 /// One value of a row being appended; converted to a datum in the
 /// per-row memory context.
@@ -57,7 +59,10 @@ impl Appender {
     /// transaction) for rows of `columns`, in that order; a column left
     /// out must be nullable, without a default and not generated (this
     /// path evaluates none), or the table is refused.
-    pub fn open(table: &'static std::ffi::CStr, columns: &[&str]) -> Result<Appender, WardenError> {
+    pub fn open(
+        table: &'static std::ffi::CStr,
+        columns: &'static [&'static str],
+    ) -> Result<Appender, WardenError> {
         // SAFETY: raise (25006) in a read-only transaction, and in parallel
         // mode, as an INSERT would (the executor's ExecCheckXactReadOnly).
         unsafe {
@@ -92,45 +97,13 @@ impl Appender {
     fn set_up(
         rel: pg_sys::Relation,
         table: &std::ffi::CStr,
-        columns: &[&str],
+        columns: &'static [&'static str],
     ) -> Result<Appender, WardenError> {
-        let refuse = |what: String| {
-            WardenError::Internal(format!("warden.{} {what}", table.to_string_lossy()))
-        };
-        // SAFETY: `rel` is open; its tuple descriptor lives as long. (Not
-        // reference-counted by this wrapper: nothing is released on drop.)
-        let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
-        let attrs: Vec<&pg_sys::FormData_pg_attribute> = desc.iter().collect();
-        let name_of = |a: &pg_sys::FormData_pg_attribute| {
-            // SAFETY: attname is a NUL-terminated NameData.
-            unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }
-        };
-        let mut positions = Vec::with_capacity(columns.len());
-        for column in columns {
-            let at = attrs
-                .iter()
-                .position(|a| !a.attisdropped && name_of(a).to_bytes() == column.as_bytes())
-                .ok_or_else(|| refuse(format!("has no column {column}")))?;
-            positions.push(at);
-        }
-        // Nothing here evaluates defaults, identities or generated columns:
-        // a column left out must be one that may be NULL and has none.
-        for (at, a) in attrs.iter().enumerate() {
-            let left_out = !a.attisdropped && !positions.contains(&at);
-            let filled_by_default = a.atthasdef || a.attgenerated != 0 || a.attidentity != 0;
-            if left_out && (a.attnotnull || filled_by_default) {
-                return Err(refuse(format!(
-                    "has a column pg_warden does not fill: {}",
-                    name_of(a).to_string_lossy()
-                )));
-            }
-        }
-        let not_null: Vec<bool> = positions.iter().map(|&at| attrs[at].attnotnull).collect();
-        // SAFETY: `rel` is open.
-        let has_checks = unsafe {
-            let constr = (*(*rel).rd_att).constr;
-            !constr.is_null() && (*constr).num_check > 0
-        };
+        let Layout {
+            positions,
+            not_null,
+            has_checks,
+        } = layout(rel, table, columns)?;
         // SAFETY: the executor state, result relation, index information
         // and slot all live in the executor state's memory (freed by
         // `finish`, or with the transaction on an error), set up as the
@@ -173,7 +146,10 @@ impl Appender {
                 let info = *(*rri).ri_IndexRelationInfo.add(i);
                 if !(*(*index).rd_index).indimmediate || !(*info).ii_ExclusionOps.is_null() {
                     appender.release_executor();
-                    return Err(refuse("has a deferred or exclusion constraint".into()));
+                    return Err(WardenError::Internal(format!(
+                        "warden.{} has a deferred or exclusion constraint",
+                        table.to_string_lossy()
+                    )));
                 }
             }
             Ok(appender)
@@ -264,6 +240,91 @@ impl Appender {
             pg_sys::FreeExecutorState(self.estate);
         }
     }
+}
+
+/// Where a table's columns go: for each of the columns given, its
+/// attribute number - 1 and whether it is NOT NULL; and whether the table
+/// has CHECK constraints.
+#[derive(Clone)]
+struct Layout {
+    positions: Vec<usize>,
+    not_null: Vec<bool>,
+    has_checks: bool,
+}
+
+/// Layouts worked out, by table and column list, and the relations
+/// generation they hold for (`backend::relations_generation`: an ALTER
+/// TABLE of one of ours changes it).
+type Layouts = (u64, Vec<(pg_sys::Oid, usize, Layout)>);
+
+static LAYOUTS: BackendLocal<RefCell<Layouts>> = BackendLocal::new(RefCell::new((0, Vec::new())));
+
+/// The layout of `rel` for rows of `columns`, worked out once per backend
+/// (each audited commit opens the trail).
+fn layout(
+    rel: pg_sys::Relation,
+    table: &std::ffi::CStr,
+    columns: &'static [&'static str],
+) -> Result<Layout, WardenError> {
+    let generation = crate::backend::relations_generation();
+    // SAFETY: `rel` is open.
+    let relid = unsafe { (*rel).rd_id };
+    let key = columns.as_ptr() as usize;
+    {
+        let mut cached = LAYOUTS.borrow_mut();
+        if cached.0 != generation {
+            *cached = (generation, Vec::new());
+        }
+        if let Some((_, _, layout)) = cached.1.iter().find(|(r, k, _)| *r == relid && *k == key) {
+            return Ok(layout.clone());
+        }
+    }
+    let refuse =
+        |what: String| WardenError::Internal(format!("warden.{} {what}", table.to_string_lossy()));
+    // SAFETY: `rel` is open; its tuple descriptor lives as long. (Not
+    // reference-counted by this wrapper: nothing is released on drop.)
+    let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
+    let attrs: Vec<&pg_sys::FormData_pg_attribute> = desc.iter().collect();
+    let name_of = |a: &pg_sys::FormData_pg_attribute| {
+        // SAFETY: attname is a NUL-terminated NameData.
+        unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }
+    };
+    let mut positions = Vec::with_capacity(columns.len());
+    for column in columns {
+        let at = attrs
+            .iter()
+            .position(|a| !a.attisdropped && name_of(a).to_bytes() == column.as_bytes())
+            .ok_or_else(|| refuse(format!("has no column {column}")))?;
+        positions.push(at);
+    }
+    // Nothing here evaluates defaults, identities or generated columns:
+    // a column left out must be one that may be NULL and has none.
+    for (at, a) in attrs.iter().enumerate() {
+        let left_out = !a.attisdropped && !positions.contains(&at);
+        let filled_by_default = a.atthasdef || a.attgenerated != 0 || a.attidentity != 0;
+        if left_out && (a.attnotnull || filled_by_default) {
+            return Err(refuse(format!(
+                "has a column pg_warden does not fill: {}",
+                name_of(a).to_string_lossy()
+            )));
+        }
+    }
+    let not_null: Vec<bool> = positions.iter().map(|&at| attrs[at].attnotnull).collect();
+    // SAFETY: `rel` is open.
+    let has_checks = unsafe {
+        let constr = (*(*rel).rd_att).constr;
+        !constr.is_null() && (*constr).num_check > 0
+    };
+    let layout = Layout {
+        positions,
+        not_null,
+        has_checks,
+    };
+    let mut cached = LAYOUTS.borrow_mut();
+    if cached.0 == generation {
+        cached.1.push((relid, key, layout.clone()));
+    }
+    Ok(layout)
 }
 
 /// `ExecInsertIndexTuples` as each major version spells it.

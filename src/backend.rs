@@ -74,11 +74,15 @@ static OWNER: BackendLocal<std::cell::Cell<Option<(pg_sys::Oid, pg_sys::Oid)>>> 
 /// again after the relation cache announces a change to one of them (a
 /// dropped and re-created extension) or any schema changes.
 pub fn warden_relation(name: &'static CStr) -> Result<pg_sys::Oid, WardenError> {
-    if RELATIONS_CHANGED.replace(false) {
-        RELATIONS.borrow_mut().clear();
-    }
-    if let Some(&(_, oid)) = RELATIONS.borrow().iter().find(|(n, _)| *n == name) {
-        return Ok(oid);
+    let generation = relations_generation();
+    {
+        let mut cached = RELATIONS.borrow_mut();
+        if cached.0 != generation {
+            *cached = (generation, Vec::new());
+        }
+        if let Some(&(_, oid)) = cached.1.iter().find(|(n, _)| *n == name) {
+            return Ok(oid);
+        }
     }
     // SAFETY: syscache lookups by name; InvalidOid when missing.
     let oid = unsafe {
@@ -92,17 +96,31 @@ pub fn warden_relation(name: &'static CStr) -> Result<pg_sys::Oid, WardenError> 
         )));
     }
     // Not kept if something changed during the lookup.
-    if !RELATIONS_CHANGED.get() {
-        RELATIONS.borrow_mut().push((name, oid));
+    let mut cached = RELATIONS.borrow_mut();
+    if cached.0 == generation && relations_generation() == generation {
+        cached.1.push((name, oid));
     }
     Ok(oid)
 }
 
-static RELATIONS: BackendLocal<RefCell<Vec<(&'static CStr, pg_sys::Oid)>>> =
-    BackendLocal::new(RefCell::new(Vec::new()));
-/// Set by the invalidation callbacks (which must not touch `RELATIONS`:
+/// Changes whenever one of pg_warden's relations, or any schema, may have
+/// changed: what is derived from them is checked against it.
+pub fn relations_generation() -> u64 {
+    RELATIONS_CHANGED.get()
+}
+
+/// (the generation they were looked up at, name and OID of each).
+type Relations = (u64, Vec<(&'static CStr, pg_sys::Oid)>);
+
+static RELATIONS: BackendLocal<RefCell<Relations>> =
+    BackendLocal::new(RefCell::new((0, Vec::new())));
+/// Bumped by the invalidation callbacks (which must not touch `RELATIONS`:
 /// they can run during a lookup).
-static RELATIONS_CHANGED: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
+static RELATIONS_CHANGED: BackendLocal<Cell<u64>> = BackendLocal::new(Cell::new(1));
+
+fn relations_changed() {
+    RELATIONS_CHANGED.set(RELATIONS_CHANGED.get().wrapping_add(1));
+}
 
 /// Registers the callbacks that keep [`warden_relation`] honest; once,
 /// from _PG_init.
@@ -122,15 +140,15 @@ pub fn init() {
 unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let ours = RELATIONS
         .try_borrow()
-        .map_or(true, |r| r.iter().any(|(_, oid)| *oid == relid));
+        .map_or(true, |r| r.1.iter().any(|(_, oid)| *oid == relid));
     if relid == pg_sys::InvalidOid || ours {
-        RELATIONS_CHANGED.set(true);
+        relations_changed();
     }
 }
 
 unsafe extern "C-unwind" fn schema_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
-    // Only a flag: cannot fail, so no guard is needed.
-    RELATIONS_CHANGED.set(true);
+    // Only a counter: cannot fail, so no guard is needed.
+    relations_changed();
 }
 
 /// The user and security context to restore; restores them when dropped,

@@ -435,7 +435,7 @@ impl Drop for InFlight {
     }
 }
 
-const ENTRY_COLUMNS: &[&str] = &[
+static ENTRY_COLUMNS: &[&str] = &[
     "id",
     "at",
     "txid",
@@ -454,7 +454,7 @@ const ENTRY_COLUMNS: &[&str] = &[
     "seal_mac",
 ];
 
-const BATCH_COLUMNS: &[&str] = &[
+static BATCH_COLUMNS: &[&str] = &[
     "id",
     "at",
     "txid",
