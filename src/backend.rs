@@ -35,6 +35,34 @@ impl<T> std::ops::Deref for BackendLocal<T> {
     }
 }
 
+/// PostgreSQL functions that only read backend state and cannot raise an
+/// ERROR, declared here without the guard pgrx puts around every binding
+/// (a `sigsetjmp` per call, which costs more than these calls themselves on
+/// the audit trigger's per-row path). Anything that can raise goes through
+/// `pg_sys` instead, whose guard turns the ERROR into a Rust panic.
+pub mod unguarded {
+    use pgrx::pg_sys;
+
+    extern "C" {
+        /// The statement's start time (a global).
+        pub fn GetCurrentStatementStartTimestamp() -> pg_sys::TimestampTz;
+        /// The current subtransaction's id (a global).
+        pub fn GetCurrentSubTransactionId() -> pg_sys::SubTransactionId;
+        /// The top transaction's id, or 0 when none is assigned yet (a
+        /// global: it assigns none).
+        pub fn GetTopFullTransactionIdIfAny() -> pg_sys::FullTransactionId;
+        /// The current user (a global).
+        pub fn GetUserId() -> pg_sys::Oid;
+        /// Splits a tuple into datums and null flags (decoding only).
+        pub fn heap_deform_tuple(
+            tuple: pg_sys::HeapTuple,
+            desc: pg_sys::TupleDesc,
+            values: *mut pg_sys::Datum,
+            isnull: *mut bool,
+        );
+    }
+}
+
 /// Runs `f` as the owner of pg_warden's tables, as a SECURITY DEFINER
 /// function would, for reads and writes the caller may not make itself
 /// (memberships for PostgREST claims; the key table for encryption). Only

@@ -444,22 +444,37 @@ fn stored_rows(key: &Key32, workspace: Option<[u8; 16]>) -> Result<Vec<StoredRow
                         .map(|i| row.get::<Vec<Option<String>>>(i))
                         .collect::<Result<_, _>>()?;
                     let entries = row.get::<i32>(17)?.unwrap_or_default().max(0) as usize;
-                    let value = |field: usize, i: usize| {
-                        columns[field]
-                            .as_ref()
-                            .and_then(|c| c.get(i))
-                            .and_then(|v| v.as_deref())
-                            .map(str::as_bytes)
+                    // The values as written: entry by entry, the present
+                    // columns' elements in order. A missing or NULL element
+                    // of a present column, or one beyond `entries`, cannot
+                    // have been written.
+                    let present: u8 = columns
+                        .iter()
+                        .zip([1u8, 2, 4, 8])
+                        .filter(|(c, _)| c.is_some())
+                        .map(|(_, bit)| bit)
+                        .sum();
+                    let mut texts: Vec<&[u8]> = Vec::new();
+                    let mut whole = true;
+                    for i in 0..entries {
+                        for column in columns.iter().flatten() {
+                            match column.get(i).and_then(|v| v.as_deref()) {
+                                Some(v) => texts.push(v.as_bytes()),
+                                None => whole = false,
+                            }
+                        }
+                    }
+                    whole &= columns.iter().flatten().all(|c| c.len() == entries);
+                    let lengths: Vec<usize> = texts.iter().map(|t| t.len()).collect();
+                    let values = macs::BatchValues {
+                        present,
+                        lengths: &lengths,
+                        texts: texts.iter().copied(),
                     };
-                    let values =
-                        (0..entries).map(|i| [value(0, i), value(1, i), value(2, i), value(3, i)]);
-                    // Elements beyond `entries` would be entries the MAC
-                    // does not cover.
-                    let longer = columns.iter().flatten().any(|c| c.len() > entries);
                     (
                         macs::batch_mac(key, &shared, entries, values),
                         entries as i64,
-                        !longer,
+                        whole,
                     )
                 } else {
                     let values: Vec<Option<String>> = (13..=16)

@@ -114,7 +114,12 @@ impl Values {
                 datums: vec![pg_sys::Datum::from(0); natts],
                 nulls: vec![true; natts],
             };
-            pg_sys::heap_deform_tuple(tuple, desc, v.datums.as_mut_ptr(), v.nulls.as_mut_ptr());
+            crate::backend::unguarded::heap_deform_tuple(
+                tuple,
+                desc,
+                v.datums.as_mut_ptr(),
+                v.nulls.as_mut_ptr(),
+            );
             v
         }
     }

@@ -49,23 +49,37 @@ pub fn entry_mac(key: &Key32, shared: &Shared<'_>, values: &Values<'_>) -> [u8; 
     mac.finish()
 }
 
+/// The JSON values of a batch as its MAC covers them: which of row key,
+/// old values, new values, detail its entries have (bits 1, 2, 4, 8), the
+/// length of each value (entry by entry, each entry's in that order), and
+/// all of their bytes, concatenated.
+pub struct BatchValues<'a, T: IntoIterator<Item = &'a [u8]>> {
+    pub present: u8,
+    pub lengths: &'a [usize],
+    pub texts: T,
+}
+
 /// The MAC of a batch: what its entries share, how many there are, and
-/// each entry's values in order (every stored column but `id` and the
-/// seal).
-pub fn batch_mac<'a>(
+/// their values (every stored column but `id` and the seal). The values
+/// go in as a few long fields, not one field per value: a batch holds a
+/// thousand entries.
+pub fn batch_mac<'a, T: IntoIterator<Item = &'a [u8]>>(
     key: &Key32,
     shared: &Shared<'_>,
     entries: usize,
-    values: impl Iterator<Item = Values<'a>>,
+    values: BatchValues<'a, T>,
 ) -> [u8; MAC_LEN] {
     let mut mac = FieldsMac::new(key, BATCH_LABEL);
     shared.feed(&mut mac);
-    mac.field(&(entries as u64).to_be_bytes());
-    for entry in values {
-        for v in entry {
-            mac.optional(v);
-        }
-    }
+    mac.field(&(entries as u64).to_be_bytes())
+        .field(&[values.present]);
+    let lengths: Vec<u8> = values
+        .lengths
+        .iter()
+        .flat_map(|n| (*n as u64).to_be_bytes())
+        .collect();
+    mac.field(&lengths);
+    mac.field_in_parts(values.lengths.iter().sum(), values.texts);
     mac.finish()
 }
 

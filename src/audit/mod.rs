@@ -89,7 +89,7 @@ fn while_purging<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, War
 /// The role name the current user acts as.
 fn current_role_name() -> Rc<str> {
     // SAFETY: reads this backend's current user id.
-    role_name(unsafe { pg_sys::GetUserId() })
+    role_name(unsafe { crate::backend::unguarded::GetUserId() })
 }
 
 /// A role's name (empty if it no longer exists).
@@ -238,17 +238,27 @@ pub fn record_as(
     actor: Option<[u8; 16]>,
     db_role: Rc<str>,
 ) -> Result<(), WardenError> {
-    // The master key is needed to write: say so now, not at commit.
-    crate::keys::master::current()?;
-    // SAFETY: assign (or return) this transaction's id; read the statement
-    // start and the current subtransaction.
+    use crate::backend::unguarded;
+    // SAFETY: reads of backend globals; assigning a transaction id (the
+    // first time) can raise, so that goes through the guarded binding.
     let (txid, at, subxact) = unsafe {
+        let assigned = unguarded::GetTopFullTransactionIdIfAny().value;
+        let txid = if assigned == 0 {
+            pg_sys::GetTopFullTransactionId().value
+        } else {
+            assigned
+        };
         (
-            pg_sys::GetTopFullTransactionId().value as i64,
-            pg_sys::GetCurrentStatementStartTimestamp(),
-            pg_sys::GetCurrentSubTransactionId(),
+            txid as i64,
+            unguarded::GetCurrentStatementStartTimestamp(),
+            unguarded::GetCurrentSubTransactionId(),
         )
     };
+    // The master key is needed to write: say so at the transaction's first
+    // entry, not at commit.
+    if !pending::recording(txid) {
+        crate::keys::master::current()?;
+    }
     let head = pending::Head::new(
         at,
         workspace,

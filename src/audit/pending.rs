@@ -287,7 +287,16 @@ pub fn flush(at_commit: bool) -> Result<(), WardenError> {
         let run = &runs[row.run];
         let shared = run.head.shared(txid, run.first_seq + row.from as i32);
         row.mac = if row.batch {
-            let values = (row.from..row.from + row.count).map(|i| run.values(i));
+            let k = run.values_per_entry();
+            let (first, last) = (row.from * k, (row.from + row.count) * k);
+            let start = |j: usize| if j == 0 { 0 } else { run.ends[j - 1] };
+            let lengths: Vec<usize> = (first..last).map(|j| run.ends[j] - start(j)).collect();
+            let end = if last == 0 { 0 } else { run.ends[last - 1] };
+            let values = macs::BatchValues {
+                present: run.head.present,
+                lengths: &lengths,
+                texts: [&run.texts[start(first)..end]],
+            };
             macs::batch_mac(&keys.audit, &shared, row.count, values)
         } else {
             macs::entry_mac(&keys.audit, &shared, &run.values(row.from))
@@ -587,6 +596,11 @@ fn write<'a>(txid: i64, runs: &'a [Run], rows: &[Row]) -> Result<(), WardenError
         appender.finish();
     }
     Ok(())
+}
+
+/// Whether transaction `txid` has recorded entries already.
+pub fn recording(txid: i64) -> bool {
+    PENDING.borrow().as_ref().is_some_and(|p| p.txid == txid)
 }
 
 /// Whether anything was recorded in this transaction.

@@ -39,6 +39,20 @@ impl FieldsMac {
         self
     }
 
+    /// One field made of several parts (its bytes are their concatenation,
+    /// `len` long in all): a long field hashed where it lies.
+    pub fn field_in_parts<'a>(
+        &mut self,
+        len: usize,
+        parts: impl IntoIterator<Item = &'a [u8]>,
+    ) -> &mut FieldsMac {
+        self.0.update(&(len as u64).to_be_bytes());
+        for part in parts {
+            self.0.update(part);
+        }
+        self
+    }
+
     /// An optional field: absent, an empty field; present, a field of a
     /// 0x01 byte then its bytes (so absent and empty differ).
     pub fn optional(&mut self, bytes: Option<&[u8]>) -> &mut FieldsMac {
@@ -75,6 +89,14 @@ mod tests {
             m(b"x", &[b"ab"]),
             fields_mac(&Key32::from_bytes([8; 32]), b"x", &[b"ab"])
         );
+    }
+
+    #[test]
+    fn a_field_in_parts_is_the_field() {
+        let k = Key32::from_bytes([7; 32]);
+        let mut m = FieldsMac::new(&k, b"x");
+        m.field_in_parts(5, [&b"ab"[..], b"", b"cde"]);
+        assert_eq!(m.finish(), fields_mac(&k, b"x", &[b"abcde"]));
     }
 
     #[test]
