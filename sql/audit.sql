@@ -2,10 +2,9 @@
 -- owner; read through the view warden.audit_log by warden_user (its own
 -- workspace's entries) and warden_admin (everything).
 
--- Every row of the trail takes an id from this sequence: an entry one, a
--- batch one for each of its entries (its own up to its own + 1023): ids
--- are unique and increase, 1,024 apart between rows.
-CREATE SEQUENCE warden.audit_id_seq INCREMENT BY 1024;
+-- Every row of the trail (an entry, or a batch of entries) takes its id
+-- from this sequence, at the time it is written.
+CREATE SEQUENCE warden.audit_id_seq;
 
 -- One row per event. `mac` is HMAC-SHA256 under a key derived from the
 -- master key over every other column but `id` and the seal (see
@@ -41,11 +40,11 @@ COMMENT ON TABLE warden.audit_entries IS
     'pg_warden audit trail: entries (read them through warden.audit_log)';
 
 -- The entries of a statement that changed many rows of one table (64 or
--- more, one action): up to 1,024 a row, entry n (from 1) with id
--- id + n - 1 and txn_seq txn_seq + n - 1, its values at [n] of the arrays
--- (a NULL array: no entry has that value). One MAC covers the whole batch;
--- writing a row and two index entries per 1,024 entries instead of per
--- entry is what keeps a bulk write cheap.
+-- more, one action): up to 1,024 a row, entry n (from 1) with txn_seq
+-- txn_seq + n - 1, its values at [n] of the arrays (a NULL array: no entry
+-- has that value); they share the batch's id. One MAC covers the whole
+-- batch; writing a row and two index entries per 1,024 entries instead of
+-- per entry is what keeps a bulk write cheap.
 CREATE TABLE warden.audit_batches (
     id           bigint PRIMARY KEY,
     at           timestamptz NOT NULL,
@@ -143,32 +142,59 @@ ALTER TABLE warden.audit_entries ENABLE ROW LEVEL SECURITY;
 ALTER TABLE warden.audit_batches ENABLE ROW LEVEL SECURITY;
 
 -- The trail, one row per entry, and the tenant view of it: a warden_user
--- reads its acting workspace's entries, a warden_admin reads all. The
--- view reads the tables with its owner's rights and applies that rule
--- itself (in each branch, so it reaches the tables' indexes); a security
--- barrier, so a caller's own conditions cannot see rows before the rule
--- has removed them.
+-- reads its acting workspace's entries, a warden_admin reads all. The view
+-- reads the tables with its owner's rights and applies that rule itself
+-- (a security barrier, so a caller's own conditions cannot see rows before
+-- the rule has removed them). Each of its four parts (entries and batches,
+-- for a tenant and for an administrator: the rule's subqueries are
+-- evaluated once, and the parts that do not apply are skipped) yields its
+-- rows newest first, from an index: "the latest 50 entries" reads about
+-- 50 rows, not the whole trail. An entry is identified by (id, txn_seq):
+-- the entries of a batch share its id.
 CREATE VIEW warden.audit_log WITH (security_barrier) AS
-SELECT e.id, e.at, e.txid, e.txn_seq, e.workspace_id, e.actor, e.db_role, e.action,
-       e.target, e.row_key, e.old_values, e.new_values, e.detail, e.mac,
-       e.seal_entries, e.seal_mac
-  FROM warden.audit_entries AS e
- WHERE (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
-    OR e.workspace_id OPERATOR(pg_catalog.=) (SELECT warden.current_workspace_id())
+(SELECT e.id, e.at, e.txid, e.txn_seq, e.workspace_id, e.actor, e.db_role, e.action,
+        e.target, e.row_key, e.old_values, e.new_values, e.detail, e.mac,
+        e.seal_entries, e.seal_mac
+   FROM warden.audit_entries AS e
+  WHERE e.workspace_id OPERATOR(pg_catalog.=) (SELECT warden.current_workspace_id())
+    AND NOT (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
+  ORDER BY e.id DESC)
 UNION ALL
-SELECT b.id + (x.n - 1), b.at, b.txid, b.txn_seq + (x.n - 1)::integer, b.workspace_id,
-       b.actor, b.db_role, b.action, b.target, x.row_key, x.old_values, x.new_values,
-       x.detail, b.mac,
-       CASE WHEN x.n OPERATOR(pg_catalog.=) b.entries THEN b.seal_entries END,
-       CASE WHEN x.n OPERATOR(pg_catalog.=) b.entries THEN b.seal_mac END
-  FROM warden.audit_batches AS b
- CROSS JOIN LATERAL ROWS FROM (
-           pg_catalog.generate_series(1::bigint, b.entries::bigint),
-           pg_catalog.unnest(b.row_keys), pg_catalog.unnest(b.old_values),
-           pg_catalog.unnest(b.new_values), pg_catalog.unnest(b.details))
-       AS x(n, row_key, old_values, new_values, detail)
- WHERE (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
-    OR b.workspace_id OPERATOR(pg_catalog.=) (SELECT warden.current_workspace_id());
+(SELECT e.id, e.at, e.txid, e.txn_seq, e.workspace_id, e.actor, e.db_role, e.action,
+        e.target, e.row_key, e.old_values, e.new_values, e.detail, e.mac,
+        e.seal_entries, e.seal_mac
+   FROM warden.audit_entries AS e
+  WHERE (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
+  ORDER BY e.id DESC)
+UNION ALL
+(SELECT b.id, b.at, b.txid, b.txn_seq + (x.n - 1)::integer, b.workspace_id, b.actor,
+        b.db_role, b.action, b.target, x.row_key, x.old_values, x.new_values, x.detail,
+        b.mac,
+        CASE WHEN x.n OPERATOR(pg_catalog.=) b.entries THEN b.seal_entries END,
+        CASE WHEN x.n OPERATOR(pg_catalog.=) b.entries THEN b.seal_mac END
+   FROM warden.audit_batches AS b
+  CROSS JOIN LATERAL ROWS FROM (
+            pg_catalog.generate_series(1::bigint, b.entries::bigint),
+            pg_catalog.unnest(b.row_keys), pg_catalog.unnest(b.old_values),
+            pg_catalog.unnest(b.new_values), pg_catalog.unnest(b.details))
+        AS x(n, row_key, old_values, new_values, detail)
+  WHERE b.workspace_id OPERATOR(pg_catalog.=) (SELECT warden.current_workspace_id())
+    AND NOT (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
+  ORDER BY b.id DESC)
+UNION ALL
+(SELECT b.id, b.at, b.txid, b.txn_seq + (x.n - 1)::integer, b.workspace_id, b.actor,
+        b.db_role, b.action, b.target, x.row_key, x.old_values, x.new_values, x.detail,
+        b.mac,
+        CASE WHEN x.n OPERATOR(pg_catalog.=) b.entries THEN b.seal_entries END,
+        CASE WHEN x.n OPERATOR(pg_catalog.=) b.entries THEN b.seal_mac END
+   FROM warden.audit_batches AS b
+  CROSS JOIN LATERAL ROWS FROM (
+            pg_catalog.generate_series(1::bigint, b.entries::bigint),
+            pg_catalog.unnest(b.row_keys), pg_catalog.unnest(b.old_values),
+            pg_catalog.unnest(b.new_values), pg_catalog.unnest(b.details))
+        AS x(n, row_key, old_values, new_values, detail)
+  WHERE (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
+  ORDER BY b.id DESC);
 -- Writing through the view is refused like writing the tables (42501).
 CREATE TRIGGER append_only INSTEAD OF INSERT OR UPDATE OR DELETE ON warden.audit_log
     FOR EACH ROW EXECUTE FUNCTION warden.audit_append_only();

@@ -38,8 +38,9 @@ const MAX_BUFFERED_BYTES: usize = 16 << 20;
 /// Runs this long or longer are written as batches.
 pub const BATCH_MIN: usize = 64;
 
-/// Entries in one batch row: the trail's id sequence steps by this much,
-/// so a batch's entries take the ids from its own to its own + 1023.
+/// Entries in one batch row (about 130 kB of JSON for rows of four
+/// columns: large enough to make a batch's row and index entries cheap per
+/// entry, small enough for a reader to unpack one batch quickly).
 pub const BATCH_MAX: usize = 1024;
 
 /// Which JSON values an entry has, as bits of [`Head::present`].
@@ -483,8 +484,8 @@ static BATCH_COLUMNS: &[&str] = &[
     "seal_mac",
 ];
 
-/// The trail's id sequence (each row takes one value; a batch's entries
-/// the ones up to the next).
+/// The trail's id sequence (each row, an entry or a batch, takes one
+/// value).
 fn id_sequence() -> Result<pg_sys::Oid, WardenError> {
     crate::backend::warden_relation(c"audit_id_seq")
 }
