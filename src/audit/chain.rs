@@ -22,7 +22,7 @@
 
 use super::macs;
 use crate::backend::{as_extension_owner, execute, select, select_one, BackendLocal};
-use crate::crypto::{fields_mac, Key32, MAC_LEN};
+use crate::crypto::{FieldsMac, Key32, MAC_LEN};
 use crate::error::WardenError;
 use crate::keys::master;
 use pgrx::prelude::*;
@@ -79,37 +79,32 @@ struct Block {
 }
 
 impl Block {
+    /// Its MAC: its fields, then each seal it covers (row id, transaction
+    /// id, entries, MAC) as one field.
     fn mac(&self, key: &Key32, seals: &[SealRow]) -> [u8; MAC_LEN] {
-        let ws = self.workspace.map_or_else(Vec::new, |w| w.to_vec());
-        let numbers: Vec<[u8; 8]> = [
+        let mut mac = FieldsMac::new(key, BLOCK_LABEL);
+        mac.field(self.workspace.as_ref().map_or(&[][..], |w| &w[..]));
+        for n in [
             self.seq,
             self.from_id,
             self.to_id,
             self.next_to_id,
             self.next_xid,
             seals.len() as i64,
-        ]
-        .iter()
-        .map(|n| n.to_be_bytes())
-        .collect();
-        let per_seal: Vec<Vec<u8>> = seals
-            .iter()
-            .map(|s| {
-                [
-                    &s.id.to_be_bytes()[..],
-                    &s.txid.to_be_bytes(),
-                    &s.entries.to_be_bytes(),
-                    &s.mac,
-                ]
-                .concat()
-            })
-            .collect();
-        let mut fields: Vec<&[u8]> = vec![&ws];
-        fields.extend(numbers.iter().map(|n| &n[..]));
-        fields.push(self.purge.as_deref().unwrap_or("").as_bytes());
-        fields.push(self.prev_mac.as_deref().unwrap_or(&[]));
-        fields.extend(per_seal.iter().map(Vec::as_slice));
-        fields_mac(key, BLOCK_LABEL, &fields)
+        ] {
+            mac.field(&n.to_be_bytes());
+        }
+        mac.field(self.purge.as_deref().unwrap_or("").as_bytes())
+            .field(self.prev_mac.as_deref().unwrap_or(&[]));
+        for s in seals {
+            let (id, txid, entries) = (
+                s.id.to_be_bytes(),
+                s.txid.to_be_bytes(),
+                s.entries.to_be_bytes(),
+            );
+            mac.field_in_parts(8 + 8 + 4 + s.mac.len(), [&id[..], &txid, &entries, &s.mac]);
+        }
+        mac.finish()
     }
 }
 
