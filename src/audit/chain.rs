@@ -162,30 +162,41 @@ fn due_to_chain() -> bool {
 
 /// The newest block of a chain and its MAC.
 fn last_block(workspace: Option<[u8; 16]>) -> Result<Option<(Block, Vec<u8>)>, WardenError> {
-    let query = format!(
+    let query = blocks_query("ORDER BY seq DESC LIMIT 1");
+    select(
+        &query,
+        &[workspace.map(Uuid::from_bytes).into()],
+        |mut rows| rows.next().map(|row| block_of(&row, workspace)).transpose(),
+    )
+}
+
+/// The blocks of chain `$1`, in the given order.
+fn blocks_query(order: &str) -> String {
+    format!(
         "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::text, prev_mac, mac
-           FROM warden.audit_blocks WHERE {} ORDER BY seq DESC LIMIT 1",
+           FROM warden.audit_blocks WHERE {} {order}",
         in_chain("workspace_id", "$1")
-    );
-    select(&query, &[workspace.map(Uuid::from_bytes).into()], |rows| {
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let row = rows.first();
-        Ok(Some((
-            Block {
-                workspace,
-                seq: row.get::<i64>(1)?.unwrap_or(0),
-                from_id: row.get::<i64>(2)?.unwrap_or(0),
-                to_id: row.get::<i64>(3)?.unwrap_or(0),
-                next_to_id: row.get::<i64>(4)?.unwrap_or(0),
-                next_xid: row.get::<i64>(5)?.unwrap_or(0),
-                purge: row.get::<String>(6)?,
-                prev_mac: row.get::<Vec<u8>>(7)?,
-            },
-            row.get::<Vec<u8>>(8)?.unwrap_or_default(),
-        )))
-    })
+    )
+}
+
+/// A block and its MAC from a row of [`blocks_query`].
+fn block_of(
+    row: &pgrx::spi::SpiHeapTupleData,
+    workspace: Option<[u8; 16]>,
+) -> Result<(Block, Vec<u8>), WardenError> {
+    Ok((
+        Block {
+            workspace,
+            seq: row.get::<i64>(1)?.unwrap_or(0),
+            from_id: row.get::<i64>(2)?.unwrap_or(0),
+            to_id: row.get::<i64>(3)?.unwrap_or(0),
+            next_to_id: row.get::<i64>(4)?.unwrap_or(0),
+            next_xid: row.get::<i64>(5)?.unwrap_or(0),
+            purge: row.get::<String>(6)?,
+            prev_mac: row.get::<Vec<u8>>(7)?,
+        },
+        row.get::<Vec<u8>>(8)?.unwrap_or_default(),
+    ))
 }
 
 /// The seals of a chain on rows with `from < id <= to`, in id order (from
@@ -526,25 +537,11 @@ fn blocks_of(workspace: Option<[u8; 16]>) -> Result<Vec<(Block, Vec<u8>)>, Warde
     Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(
-            &format!(
-                "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::text, prev_mac, mac
-                   FROM warden.audit_blocks WHERE {} ORDER BY seq",
-                in_chain("workspace_id", "$1")
-            ),
+            &blocks_query("ORDER BY seq"),
             None,
             &[workspace.map(Uuid::from_bytes).into()],
         )? {
-            let block = Block {
-                workspace,
-                seq: row.get::<i64>(1)?.unwrap_or(0),
-                from_id: row.get::<i64>(2)?.unwrap_or(0),
-                to_id: row.get::<i64>(3)?.unwrap_or(0),
-                next_to_id: row.get::<i64>(4)?.unwrap_or(0),
-                next_xid: row.get::<i64>(5)?.unwrap_or(0),
-                purge: row.get::<String>(6)?,
-                prev_mac: row.get::<Vec<u8>>(7)?,
-            };
-            out.push((block, row.get::<Vec<u8>>(8)?.unwrap_or_default()));
+            out.push(block_of(&row, workspace)?);
         }
         Ok::<_, WardenError>(out)
     })
