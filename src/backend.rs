@@ -66,21 +66,36 @@ pub mod unguarded {
 /// Runs `f` as the owner of pg_warden's tables, as a SECURITY DEFINER
 /// function would, for reads and writes the caller may not make itself
 /// (memberships for PostgREST claims; the key table for encryption). Only
-/// pg_warden's own queries run inside. An error inside `f` aborts the
-/// (sub)transaction, which restores the previous user, as for SECURITY
-/// DEFINER; a returned error restores it here.
+/// pg_warden's own queries run inside, with `search_path` pinned to
+/// `pg_catalog, pg_temp` as a SECURITY DEFINER function's `SET` clause
+/// pins it: a name the caller put first in its path (a temporary domain
+/// called `text`, say) never runs as the owner. An error inside `f` aborts
+/// the (sub)transaction, which restores the previous user and setting, as
+/// for SECURITY DEFINER; a returned error restores them here.
 pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Result<T, WardenError> {
-    let _restore = ActAs::switch_to(extension_owner()?);
+    let _restore = ActAs::switch_to(extension_owner()?, true);
     f()
 }
 
-/// The owner of pg_warden's tables. Cached per backend, keyed by the OID of
-/// `warden.memberships`: a re-created extension has new tables and is
-/// looked up again.
+/// [`as_extension_owner`] for code that runs no query and resolves no name
+/// (appending the trail's rows by OID): the search path is left alone,
+/// which saves setting it twice on every audited commit.
+pub fn as_extension_owner_no_queries<T>(
+    f: impl FnOnce() -> Result<T, WardenError>,
+) -> Result<T, WardenError> {
+    let _restore = ActAs::switch_to(extension_owner()?, false);
+    f()
+}
+
+/// The owner of pg_warden's tables. Cached per backend, with the OID of
+/// `warden.memberships` and the relations generation it was read at: a
+/// re-created extension, or a new owner (ALTER ... OWNER invalidates the
+/// table's cache entry), is looked up again.
 fn extension_owner() -> Result<pg_sys::Oid, WardenError> {
     let table = warden_relation(c"memberships").unwrap_or(pg_sys::InvalidOid);
-    if let Some((cached_for, owner)) = OWNER.get() {
-        if cached_for == table {
+    let generation = relations_generation();
+    if let Some((cached_for, seen, owner)) = OWNER.get() {
+        if cached_for == table && seen == generation {
             return Ok(owner);
         }
     }
@@ -89,13 +104,13 @@ fn extension_owner() -> Result<pg_sys::Oid, WardenError> {
         &[table.into()],
     )?
     .ok_or_else(|| WardenError::Internal("warden.memberships is missing".into()))?;
-    OWNER.set(Some((table, owner)));
+    OWNER.set(Some((table, generation, owner)));
     Ok(owner)
 }
 
-/// (memberships table, its owner) of the last lookup.
-static OWNER: BackendLocal<std::cell::Cell<Option<(pg_sys::Oid, pg_sys::Oid)>>> =
-    BackendLocal::new(std::cell::Cell::new(None));
+/// (memberships table, relations generation, its owner) of the last lookup.
+static OWNER: BackendLocal<Cell<Option<(pg_sys::Oid, u64, pg_sys::Oid)>>> =
+    BackendLocal::new(Cell::new(None));
 
 /// The OID of `warden.<name>`, one of pg_warden's own relations. Looked up
 /// by name once per backend (audited commits need several of them) and
@@ -185,14 +200,18 @@ unsafe extern "C-unwind" fn schema_changed(_arg: pg_sys::Datum, _cache: i32, _ha
 struct ActAs {
     user: pg_sys::Oid,
     sec_context: i32,
+    /// The setting nest level opened for the pinned search path.
+    settings: Option<i32>,
 }
 
 impl ActAs {
-    fn switch_to(owner: pg_sys::Oid) -> ActAs {
+    fn switch_to(owner: pg_sys::Oid, pin_search_path: bool) -> ActAs {
         let (mut user, mut sec_context) = (pg_sys::InvalidOid, 0);
         // SAFETY: plain getters/setters of backend globals; the flags keep
         // the switch local (no SET ROLE) and restricted, like SECURITY
-        // DEFINER.
+        // DEFINER. The search path is set at a new nest level, as a
+        // function's SET clause is (fmgr_security_definer), and popped by
+        // `drop` (or by the abort of the transaction).
         unsafe {
             pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
             pg_sys::SetUserIdAndSecContext(
@@ -201,15 +220,39 @@ impl ActAs {
                     | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                     | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
             );
+            let mut act = ActAs {
+                user,
+                sec_context,
+                settings: None,
+            };
+            if pin_search_path {
+                let level = pg_sys::NewGUCNestLevel();
+                act.settings = Some(level);
+                pg_sys::set_config_option(
+                    c"search_path".as_ptr(),
+                    c"pg_catalog, pg_temp".as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                    true,
+                    0,
+                    false,
+                );
+            }
+            act
         }
-        ActAs { user, sec_context }
     }
 }
 
 impl Drop for ActAs {
     fn drop(&mut self) {
-        // SAFETY: restoring what `switch_to` read.
-        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec_context) };
+        // SAFETY: restoring what `switch_to` read and set.
+        unsafe {
+            if let Some(level) = self.settings {
+                pg_sys::AtEOXact_GUC(true, level);
+            }
+            pg_sys::SetUserIdAndSecContext(self.user, self.sec_context);
+        }
     }
 }
 

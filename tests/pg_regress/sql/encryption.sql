@@ -134,6 +134,23 @@ SELECT id, key_version, payload_type FROM public.secrets, warden.envelope_info(c
 SELECT warden.decrypt(ct, 'invoices.amount:4') FROM public.secrets WHERE id = 4;
 RESET ROLE;
 
+-- pg_warden's own queries run as its owner with the search path pinned:
+-- an operator an administrator put first in its path is never called as
+-- the owner (it would say so).
+CREATE SCHEMA regress_trap AUTHORIZATION regress_admin;
+SET ROLE regress_admin;
+CREATE FUNCTION regress_trap.eq(smallint, integer) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'trap called as %', current_user;
+    RETURN $1 OPERATOR(pg_catalog.=) $2;
+END $$;
+CREATE OPERATOR regress_trap.= (FUNCTION = regress_trap.eq, LEFTARG = smallint, RIGHTARG = integer);
+SET search_path = regress_trap, pg_catalog;
+SELECT kind, version, state FROM warden.key_status('aaaaaaaa-0000-4000-8000-000000000000') ORDER BY 1, 2;
+RESET search_path;
+RESET ROLE;
+DROP SCHEMA regress_trap CASCADE;
+
 -- Shredding B: irreversible, and B gets no new keys.
 SET ROLE regress_admin;
 SELECT warden.shred_workspace('bbbbbbbb-0000-4000-8000-000000000000');
