@@ -143,15 +143,20 @@ ALTER TABLE warden.audit_batches ENABLE ROW LEVEL SECURITY;
 
 -- The trail, one row per entry, and the tenant view of it: a warden_user
 -- reads its acting workspace's entries, a warden_admin reads all. The view
--- reads the tables with its owner's rights and applies that rule itself
--- (a security barrier, so a caller's own conditions cannot see rows before
--- the rule has removed them). Each of its four parts (entries and batches,
--- for a tenant and for an administrator: the rule's subqueries are
--- evaluated once, and the parts that do not apply are skipped) yields its
--- rows newest first, from an index: "the latest 50 entries" reads about
--- 50 rows, not the whole trail. An entry is identified by (id, txn_seq):
--- the entries of a batch share its id.
+-- reads the tables with its owner's rights and applies that rule itself,
+-- behind a security barrier: a caller's own conditions (a cheap leaky
+-- function, say) run on what the rule has let through, never before it.
+-- (The barrier holds because the view's body is a SELECT over the union,
+-- not the union itself: PostgreSQL flattens a bare UNION ALL view into its
+-- parts and would push the caller's conditions into them.) Each of the
+-- four parts (entries and batches, for a tenant and for an administrator:
+-- the rule's subqueries are evaluated once, and the parts that do not
+-- apply are skipped) yields its rows newest first from an index, and the
+-- view merges them newest first: "the latest 50 entries" reads about 50
+-- rows, not the whole trail. An entry is identified by (id, txn_seq): the
+-- entries of a batch share its id.
 CREATE VIEW warden.audit_log WITH (security_barrier) AS
+SELECT * FROM (
 (SELECT e.id, e.at, e.txid, e.txn_seq, e.workspace_id, e.actor, e.db_role, e.action,
         e.target, e.row_key, e.old_values, e.new_values, e.detail, e.mac,
         e.seal_entries, e.seal_mac
@@ -194,7 +199,9 @@ UNION ALL
             pg_catalog.unnest(b.new_values), pg_catalog.unnest(b.details))
         AS x(n, row_key, old_values, new_values, detail)
   WHERE (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
-  ORDER BY b.id DESC);
+  ORDER BY b.id DESC)
+) AS trail
+ORDER BY id DESC;
 -- Writing through the view is refused like writing the tables (42501).
 CREATE TRIGGER append_only INSTEAD OF INSERT OR UPDATE OR DELETE ON warden.audit_log
     FOR EACH ROW EXECUTE FUNCTION warden.audit_append_only();
