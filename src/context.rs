@@ -561,7 +561,8 @@ unsafe extern "C-unwind" fn end_of_transaction(
     let ending = event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE;
     if ending {
         // Seal this transaction's audit entries into their chains.
-        crate::audit::seal_transaction().unwrap_or_else(|e| crate::error::raise(e));
+        crate::audit::seal_transaction(event == XACT_EVENT_PRE_COMMIT)
+            .unwrap_or_else(|e| crate::error::raise(e));
     }
     if ending && gucs::CONTEXT_SCOPE.get() == ContextScope::Transaction {
         clear_session_value();

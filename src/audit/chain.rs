@@ -173,7 +173,7 @@ fn last_block(workspace: Option<[u8; 16]>) -> Result<Option<(Block, Vec<u8>)>, W
 /// The blocks of chain `$1`, in the given order.
 fn blocks_query(order: &str) -> String {
     format!(
-        "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::text, prev_mac, mac
+        "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::pg_catalog.text, prev_mac, mac
            FROM warden.audit_blocks WHERE {} {order}",
         in_chain("workspace_id", "$1")
     )
@@ -209,9 +209,9 @@ fn seals_between(
     let chain = chain_rows(workspace);
     let part = |table: &str| {
         format!(
-            "SELECT id, txid, seal_entries, COALESCE(seal_mac, mac) FROM warden.{table}
+            "SELECT id, txid, seal_entries, seal_mac FROM warden.{table}
               WHERE {chain} AND id OPERATOR(pg_catalog.>) $2 AND id OPERATOR(pg_catalog.<=) $3
-                AND seal_entries IS NOT NULL"
+                AND (seal_entries IS NOT NULL OR seal_mac IS NOT NULL)"
         )
     };
     let query = format!(
@@ -241,33 +241,55 @@ fn seals_between(
     )
 }
 
+/// Whether every transaction with an id below `xid` has ended, this one
+/// aside: none below it in a snapshot's in-progress list, and every id from
+/// the snapshot's horizon (`xmax`: all below it had ended or are listed)
+/// up to it this transaction's own.
+fn others_ended_below(xid: i64) -> Result<bool, WardenError> {
+    let row = select(
+        "SELECT pg_catalog.pg_snapshot_xmax(s)::pg_catalog.text::pg_catalog.int8,
+                (SELECT pg_catalog.min(x::pg_catalog.text::pg_catalog.int8)
+                   FROM pg_catalog.pg_snapshot_xip(s) AS x),
+                pg_catalog.pg_current_xact_id_if_assigned()::pg_catalog.text::pg_catalog.int8
+           FROM pg_catalog.pg_current_snapshot() AS s",
+        &[],
+        |mut rows| {
+            let row = rows
+                .next()
+                .ok_or(WardenError::Internal("no snapshot".into()))?;
+            Ok((
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<i64>(2)?,
+                row.get::<i64>(3)?,
+            ))
+        },
+    )?;
+    let (xmax, oldest_listed, own) = row;
+    let listed_ended = oldest_listed.is_none_or(|x| x >= xid);
+    let unlisted_own = xmax >= xid || (own == Some(xmax) && xmax + 1 >= xid);
+    Ok(listed_ended && unlisted_own)
+}
+
 /// Appends a block covering the seals that have settled since the last
 /// one (see the module's documentation), if any have. The caller holds
 /// the chain's lock.
 fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
-    if !read_committed() {
+    // SAFETY: reads of backend globals.
+    let writable = unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() };
+    if !read_committed() || !writable {
         return Ok(());
     }
-    // The high-water mark first, then the snapshot: every transaction that
-    // had written a row at or below the mark by then is below its xmax.
+    // The high-water mark first, then the next transaction id to be given
+    // out: every transaction that had written a row at or below the mark
+    // by then has an id below it (a row's id is drawn after its
+    // transaction's).
     let high = select_one::<i64>(
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM warden.audit_id_seq",
         &[],
     )?
     .unwrap_or(0);
-    let (xmin, xmax) = select(
-        "SELECT pg_catalog.pg_snapshot_xmin(s)::text::bigint,
-                pg_catalog.pg_snapshot_xmax(s)::text::bigint
-           FROM pg_catalog.pg_current_snapshot() AS s",
-        &[],
-        |rows| {
-            let row = rows.first();
-            Ok((
-                row.get::<i64>(1)?.unwrap_or(0),
-                row.get::<i64>(2)?.unwrap_or(0),
-            ))
-        },
-    )?;
+    // SAFETY: reads the shared counter under its lock.
+    let next_xid = unsafe { pg_sys::ReadNextFullTransactionId().value } as i64;
     let Some((last, last_mac)) = last_block(workspace)? else {
         let first = Block {
             workspace,
@@ -275,16 +297,19 @@ fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
             from_id: 0,
             to_id: 0,
             next_to_id: high,
-            next_xid: xmax,
+            next_xid,
             purge: None,
             prev_mac: None,
         };
         return insert_block(&first, &first.mac(key, &[]), 0);
     };
-    // Settled: no transaction below `next_xid` runs any more; or that mark
-    // was set in another cluster (this one has not reached it: a restore,
-    // all of whose transactions have ended).
-    let settled = xmin >= last.next_xid || last.next_xid > xmax;
+    // Settled: every transaction below the last block's `next_xid` has
+    // ended, this one aside if its rows are whole (it has written none yet,
+    // or it is committing: its last write, with the seals, is done); or
+    // that mark was set in another cluster, which this one has not reached
+    // (a restore: all of that cluster's transactions have ended).
+    let settled = last.next_xid > next_xid
+        || (!super::pending::written_any() && others_ended_below(last.next_xid)?);
     let next_to_id = high.max(last.next_to_id);
     if !settled || (last.next_to_id == last.to_id && next_to_id == last.next_to_id) {
         return Ok(());
@@ -296,7 +321,7 @@ fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
         from_id: last.to_id,
         to_id: last.next_to_id,
         next_to_id,
-        next_xid: xmax,
+        next_xid,
         purge: None,
         prev_mac: Some(last_mac),
     };
@@ -386,125 +411,123 @@ struct StoredRow {
     entries: i64,
     mac: Vec<u8>,
     valid: bool,
-    /// Its seal (entries, MAC), on a transaction's last row; no MAC when
-    /// it is the transaction's only row (its own MAC seals it).
-    seal: Option<(i32, Option<Vec<u8>>)>,
+    /// Its seal (entries, MAC), on a transaction's last row.
+    seal: Option<(i32, Vec<u8>)>,
     batch: bool,
 }
 
-/// Every row of a chain, with whether its MAC holds, in id order.
+/// Every row of a chain, with whether its MAC holds, in id order. One
+/// statement reads both tables, so both are seen as of one snapshot (two
+/// would see a transaction that committed between them by halves).
 fn stored_rows(key: &Key32, workspace: Option<[u8; 16]>) -> Result<Vec<StoredRow>, WardenError> {
     let chain = in_chain("workspace_id", "$1");
     let ws = workspace.map(Uuid::from_bytes);
+    let query = format!(
+        "SELECT false, id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
+                db_role, action, target, ARRAY[row_key::pg_catalog.text],
+                ARRAY[old_values::pg_catalog.text], ARRAY[new_values::pg_catalog.text],
+                ARRAY[detail::pg_catalog.text], 1
+           FROM warden.audit_entries WHERE {chain}
+         UNION ALL
+         SELECT true, id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
+                db_role, action, target, row_keys::pg_catalog.text[],
+                old_values::pg_catalog.text[], new_values::pg_catalog.text[],
+                details::pg_catalog.text[], entries
+           FROM warden.audit_batches WHERE {chain}"
+    );
     let mut out = Vec::new();
     Spi::connect(|client| {
-        for batch in [false, true] {
-            let query = if batch {
-                format!(
-                    "SELECT id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
-                            db_role, action, target, row_keys::text[], old_values::text[],
-                            new_values::text[], details::text[], entries
-                       FROM warden.audit_batches WHERE {chain}"
-                )
-            } else {
-                format!(
-                    "SELECT id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
-                            db_role, action, target, row_key::text, old_values::text,
-                            new_values::text, detail::text
-                       FROM warden.audit_entries WHERE {chain}"
-                )
+        for row in client.select(&query, None, &[ws.into()])? {
+            let batch = row.get::<bool>(1)?.unwrap_or_default();
+            let (id, txid, txn_seq) = (
+                row.get::<i64>(2)?.unwrap_or_default(),
+                row.get::<i64>(3)?.unwrap_or_default(),
+                row.get::<i32>(4)?.unwrap_or_default(),
+            );
+            let stored_mac = row.get::<Vec<u8>>(5)?.unwrap_or_default();
+            let seal = match (row.get::<i32>(6)?, row.get::<Vec<u8>>(7)?) {
+                (Some(n), Some(mac)) => Some((n, mac)),
+                (None, None) => None,
+                // Half a seal: it closes the transaction, and cannot match.
+                _ => Some((-1, Vec::new())),
             };
-            for row in client.select(&query, None, &[ws.into()])? {
-                let (id, txid, txn_seq) = (
-                    row.get::<i64>(1)?.unwrap_or_default(),
-                    row.get::<i64>(2)?.unwrap_or_default(),
-                    row.get::<i32>(3)?.unwrap_or_default(),
-                );
-                let stored_mac = row.get::<Vec<u8>>(4)?.unwrap_or_default();
-                let seal = match (row.get::<i32>(5)?, row.get::<Vec<u8>>(6)?) {
-                    (Some(n), mac) => Some((n, mac)),
-                    (None, None) => None,
-                    // A MAC without a count: a seal that cannot match.
-                    (None, Some(_)) => Some((-1, None)),
-                };
-                let at = row
-                    .get::<TimestampWithTimeZone>(7)?
-                    .map_or(0, pg_sys::TimestampTz::from);
-                let (db_role, action, target) = (
-                    row.get::<String>(10)?.unwrap_or_default(),
-                    row.get::<String>(11)?.unwrap_or_default(),
-                    row.get::<String>(12)?,
-                );
-                let shared = macs::Shared {
-                    at,
-                    txid,
-                    txn_seq,
-                    workspace: row.get::<Uuid>(8)?.map(|u| *u.as_bytes()),
-                    actor: row.get::<Uuid>(9)?.map(|u| *u.as_bytes()),
-                    db_role: db_role.as_bytes(),
-                    action: action.as_bytes(),
-                    target: target.as_deref().map(str::as_bytes),
-                };
-                let (computed, entries, well_formed) = if batch {
-                    let columns: Vec<Option<Vec<Option<String>>>> = (13..=16)
-                        .map(|i| row.get::<Vec<Option<String>>>(i))
-                        .collect::<Result<_, _>>()?;
-                    let entries = row.get::<i32>(17)?.unwrap_or_default().max(0) as usize;
-                    // The values as written: entry by entry, the present
-                    // columns' elements in order. A missing or NULL element
-                    // of a present column, or one beyond `entries`, cannot
-                    // have been written.
-                    let present: u8 = columns
-                        .iter()
-                        .zip([1u8, 2, 4, 8])
-                        .filter(|(c, _)| c.is_some())
-                        .map(|(_, bit)| bit)
-                        .sum();
-                    let mut texts: Vec<&[u8]> = Vec::new();
-                    let mut whole = true;
-                    for i in 0..entries {
-                        for column in columns.iter().flatten() {
-                            match column.get(i).and_then(|v| v.as_deref()) {
-                                Some(v) => texts.push(v.as_bytes()),
-                                None => whole = false,
-                            }
+            let at = row
+                .get::<TimestampWithTimeZone>(8)?
+                .map_or(0, pg_sys::TimestampTz::from);
+            let (db_role, action, target) = (
+                row.get::<String>(11)?.unwrap_or_default(),
+                row.get::<String>(12)?.unwrap_or_default(),
+                row.get::<String>(13)?,
+            );
+            let shared = macs::Shared {
+                id,
+                at,
+                txid,
+                txn_seq,
+                workspace: row.get::<Uuid>(9)?.map(|u| *u.as_bytes()),
+                actor: row.get::<Uuid>(10)?.map(|u| *u.as_bytes()),
+                db_role: db_role.as_bytes(),
+                action: action.as_bytes(),
+                target: target.as_deref().map(str::as_bytes),
+            };
+            let columns: Vec<Option<Vec<Option<String>>>> = (14..=17)
+                .map(|i| row.get::<Vec<Option<String>>>(i))
+                .collect::<Result<_, _>>()?;
+            let entries = row.get::<i32>(18)?.unwrap_or_default().max(0) as usize;
+            let (computed, well_formed) = if batch {
+                // The values as written: entry by entry, the present
+                // columns' elements in order. A missing or NULL element of
+                // a present column, or one beyond `entries`, cannot have
+                // been written.
+                let present: u8 = columns
+                    .iter()
+                    .zip([1u8, 2, 4, 8])
+                    .filter(|(c, _)| c.is_some())
+                    .map(|(_, bit)| bit)
+                    .sum();
+                let mut texts: Vec<&[u8]> = Vec::new();
+                let mut whole = true;
+                for i in 0..entries {
+                    for column in columns.iter().flatten() {
+                        match column.get(i).and_then(|v| v.as_deref()) {
+                            Some(v) => texts.push(v.as_bytes()),
+                            None => whole = false,
                         }
                     }
-                    whole &= columns.iter().flatten().all(|c| c.len() == entries);
-                    let lengths: Vec<usize> = texts.iter().map(|t| t.len()).collect();
-                    let values = macs::BatchValues {
-                        present,
-                        lengths: &lengths,
-                        texts: texts.iter().copied(),
-                    };
-                    (
-                        macs::batch_mac(key, &shared, entries, values),
-                        entries as i64,
-                        whole,
-                    )
-                } else {
-                    let values: Vec<Option<String>> = (13..=16)
-                        .map(|i| row.get::<String>(i))
-                        .collect::<Result<_, _>>()?;
-                    let v = |i: usize| values[i].as_deref().map(str::as_bytes);
-                    (
-                        macs::entry_mac(key, &shared, &[v(0), v(1), v(2), v(3)]),
-                        1,
-                        true,
-                    )
+                }
+                whole &= columns.iter().flatten().all(|c| c.len() == entries);
+                let lengths: Vec<usize> = texts.iter().map(|t| t.len()).collect();
+                let values = macs::BatchValues {
+                    present,
+                    lengths: &lengths,
+                    texts: texts.iter().copied(),
                 };
-                out.push(StoredRow {
-                    id,
-                    txid,
-                    txn_seq,
-                    at,
-                    entries,
-                    valid: well_formed && computed.as_slice() == stored_mac.as_slice(),
-                    mac: stored_mac,
-                    seal,
-                    batch,
-                });
-            }
+                (macs::batch_mac(key, &shared, entries, values), whole)
+            } else {
+                // (One-element arrays of the entry's values.)
+                let v = |i: usize| {
+                    columns[i]
+                        .as_ref()
+                        .and_then(|c| c.first())
+                        .and_then(|v| v.as_deref())
+                        .map(str::as_bytes)
+                };
+                (
+                    macs::entry_mac(key, &shared, &[v(0), v(1), v(2), v(3)]),
+                    true,
+                )
+            };
+            out.push(StoredRow {
+                id,
+                txid,
+                txn_seq,
+                at,
+                entries: entries as i64,
+                valid: well_formed && computed.as_slice() == stored_mac.as_slice(),
+                mac: stored_mac,
+                seal,
+                batch,
+            });
         }
         Ok::<_, WardenError>(())
     })?;
@@ -587,20 +610,14 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
         let mut members: Vec<&StoredRow> = group.iter().map(|&i| &rows[i]).collect();
         members.sort_by_key(|r| (r.txn_seq, r.id));
         let entries: i64 = members.iter().map(|r| r.entries).sum();
-        let holds = match sealed_mac {
-            // The transaction's only row seals itself.
-            None => members.len() == 1,
-            Some(sealed_mac) => {
-                let mac = macs::seal_mac(
-                    key,
-                    workspace,
-                    rows[s].txid,
-                    entries,
-                    members.iter().map(|r| r.mac.as_slice()),
-                );
-                mac.as_slice() == sealed_mac.as_slice()
-            }
-        };
+        let mac = macs::seal_mac(
+            key,
+            workspace,
+            rows[s].txid,
+            entries,
+            members.iter().map(|r| r.mac.as_slice()),
+        );
+        let holds = mac.as_slice() == sealed_mac.as_slice();
         if i64::from(*sealed_entries) != entries || !holds {
             flag(first);
         }
@@ -616,7 +633,7 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
                 id: r.id,
                 txid: r.txid,
                 entries: *n,
-                mac: mac.clone().unwrap_or_else(|| r.mac.clone()),
+                mac: mac.clone(),
             })
         })
         .collect();

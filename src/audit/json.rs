@@ -673,7 +673,10 @@ unsafe fn to_json_call(
     type_oid: pg_sys::Oid,
     context: pg_sys::MemoryContext,
 ) -> *mut pg_sys::FmgrInfo {
-    // SAFETY: allocations in the plan's context; a built-in function.
+    // SAFETY: allocations in the plan's context; a built-in function. (An
+    // error before the switch back aborts the (sub)transaction, whose
+    // clean-up sets the current context, as for PostgreSQL's own code that
+    // switches contexts; pg_warden catches no error to carry on from.)
     unsafe {
         let old = pg_sys::MemoryContextSwitchTo(context);
         let flinfo =

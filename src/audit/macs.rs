@@ -11,6 +11,8 @@ const SEAL_LABEL: &[u8] = b"pg_warden/v1/audit-seal";
 
 /// What every entry of a row (an entry, or a batch) shares, as stored.
 pub struct Shared<'a> {
+    /// The row's id: a copy of the row under another id does not verify.
+    pub id: i64,
     pub at: i64,
     pub txid: i64,
     /// The (first) entry's place in its transaction.
@@ -24,7 +26,8 @@ pub struct Shared<'a> {
 
 impl Shared<'_> {
     fn feed(&self, mac: &mut FieldsMac) {
-        mac.field(&self.at.to_be_bytes())
+        mac.field(&self.id.to_be_bytes())
+            .field(&self.at.to_be_bytes())
             .field(&self.txid.to_be_bytes())
             .field(&self.txn_seq.to_be_bytes())
             .optional(self.workspace.as_ref().map(|w| &w[..]))
@@ -39,7 +42,7 @@ impl Shared<'_> {
 /// stored.
 pub type Values<'a> = [Option<&'a [u8]>; 4];
 
-/// The MAC of one entry: every stored column but `id` and the seal.
+/// The MAC of one entry: every stored column but the seal.
 pub fn entry_mac(key: &Key32, shared: &Shared<'_>, values: &Values<'_>) -> [u8; MAC_LEN] {
     let mut mac = FieldsMac::new(key, ENTRY_LABEL);
     shared.feed(&mut mac);
@@ -60,7 +63,7 @@ pub struct BatchValues<'a, T: IntoIterator<Item = &'a [u8]>> {
 }
 
 /// The MAC of a batch: what its entries share, how many there are, and
-/// their values (every stored column but `id` and the seal). The values
+/// their values (every stored column but the seal). The values
 /// go in as a few long fields, not one field per value: a batch holds a
 /// thousand entries.
 pub fn batch_mac<'a, T: IntoIterator<Item = &'a [u8]>>(

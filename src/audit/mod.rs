@@ -300,8 +300,11 @@ pub fn key_event(
 
 /// Just before commit: writes what is still buffered, with the seals, one
 /// per workspace (without any lock: concurrent writers in a workspace
-/// never wait for each other); then chains, if due (see `chain`).
-pub fn seal_transaction() -> Result<(), WardenError> {
+/// never wait for each other); then chains, if due (see `chain`). Before
+/// PREPARE TRANSACTION (`then_chain` false) it does not chain: the chain's
+/// lock would stay with the prepared transaction, holding up
+/// `verify_audit()` until it is committed or rolled back.
+pub fn seal_transaction(then_chain: bool) -> Result<(), WardenError> {
     if !pending::any() {
         return Ok(());
     }
@@ -312,7 +315,11 @@ pub fn seal_transaction() -> Result<(), WardenError> {
     let sealed = pending::flush(true).and_then(|()| {
         let workspaces = pending::workspaces();
         pending::forget();
-        chain::chain_after_commit(&workspaces)
+        if then_chain {
+            chain::chain_after_commit(&workspaces)
+        } else {
+            Ok(())
+        }
     });
     unsafe { pg_sys::PopActiveSnapshot() };
     sealed

@@ -15,13 +15,14 @@
 
 use super::macs::{self, Shared};
 use crate::append::{Appender, Value};
-use crate::backend::{as_extension_owner, BackendLocal};
+use crate::backend::{as_extension_owner_no_queries, BackendLocal};
 use crate::crypto::MAC_LEN;
 use crate::error::WardenError;
 use crate::keys::master;
 use pgrx::prelude::*;
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 /// Entries buffered before a write is forced (bounds memory in huge
@@ -83,8 +84,9 @@ impl Head {
         }
     }
 
-    fn shared(&self, txid: i64, txn_seq: i32) -> Shared<'_> {
+    fn shared(&self, id: i64, txid: i64, txn_seq: i32) -> Shared<'_> {
         Shared {
+            id,
             at: self.at,
             txid,
             txn_seq,
@@ -170,6 +172,11 @@ struct Pending {
     /// The size (entries, bytes of JSON) of what a write in a given
     /// subtransaction would take; `None` to count it again.
     share: Option<(pg_sys::SubTransactionId, usize, usize)>,
+    /// The entries and bytes the last mid-statement write held back (each
+    /// workspace's newest entry waits for commit, to carry the seal): the
+    /// limits are counted beyond them, or a transaction touching more
+    /// workspaces than the limit would write again at every entry.
+    held: (usize, usize),
     /// Written, to seal at commit.
     written: Vec<Written>,
     /// The subtransactions of entries a failed write took with it (an
@@ -207,6 +214,7 @@ pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> bool {
             next_seq: 0,
             runs: Vec::new(),
             share: None,
+            held: (0, 0),
             written: Vec::new(),
             lost: Vec::new(),
         }),
@@ -238,21 +246,21 @@ pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> bool {
         }
     };
     p.share = Some((subxact, entries, bytes));
-    entries >= MAX_BUFFERED || bytes >= MAX_BUFFERED_BYTES
+    entries >= MAX_BUFFERED + p.held.0 || bytes >= MAX_BUFFERED_BYTES + p.held.1
 }
 
 /// A row to write: entries `from .. from + count` of a run, as a batch or
 /// (one entry) as an entry.
 struct Row {
+    /// Its id (drawn just before it is written).
+    id: i64,
     run: usize,
     from: usize,
     count: usize,
     batch: bool,
     mac: [u8; MAC_LEN],
-    /// On each workspace's last row, at commit: the seal (entries, MAC;
-    /// no MAC when the row is the transaction's only one there: its own
-    /// MAC seals it).
-    seal: Option<(i64, Option<[u8; MAC_LEN]>)>,
+    /// On each workspace's last row, at commit: the seal (entries, MAC).
+    seal: Option<(i64, [u8; MAC_LEN])>,
 }
 
 /// Writes what is buffered (as the trail's owner): when the buffer is full
@@ -275,42 +283,48 @@ pub fn flush(at_commit: bool) -> Result<(), WardenError> {
             let from = writable_from(&p.runs, current);
             let mut runs = p.runs.split_off(from);
             if !at_commit {
-                p.runs.extend(hold_back(&mut runs));
+                let held = hold_back(&mut runs);
+                p.held = (held.len(), held.iter().map(|r| r.texts.len()).sum());
+                p.runs.extend(held);
             }
             p.share = None;
             (p.txid, runs)
         }
         None => return Ok(()),
     };
-    let keys = master::current()?;
     let mut rows = rows_of(&runs);
-    for row in &mut rows {
-        let run = &runs[row.run];
-        let shared = run.head.shared(txid, run.first_seq + row.from as i32);
-        row.mac = if row.batch {
-            let k = run.values_per_entry();
-            let (first, last) = (row.from * k, (row.from + row.count) * k);
-            let start = |j: usize| if j == 0 { 0 } else { run.ends[j - 1] };
-            let lengths: Vec<usize> = (first..last).map(|j| run.ends[j] - start(j)).collect();
-            let end = if last == 0 { 0 } else { run.ends[last - 1] };
-            let values = macs::BatchValues {
-                present: run.head.present,
-                lengths: &lengths,
-                texts: [&run.texts[start(first)..end]],
-            };
-            macs::batch_mac(&keys.audit, &shared, row.count, values)
-        } else {
-            macs::entry_mac(&keys.audit, &shared, &run.values(row.from))
-        };
-    }
-    if at_commit {
-        seal(&keys.audit, txid, &runs, &mut rows)?;
-    }
-    if rows.is_empty() {
+    if rows.is_empty() && !at_commit {
         return Ok(());
     }
+    let keys = master::current()?;
+    if rows.is_empty() {
+        // (At commit: nothing left to carry a seal is fine only if nothing
+        // was written either.)
+        return seal(&keys.audit, txid, &runs, &mut rows);
+    }
     let mut in_flight = InFlight(runs.iter().map(|r| r.head.subxact).collect());
-    as_extension_owner(|| write(txid, &runs, &rows))?;
+    // As the trail's owner (nextval and the tables need its rights); no
+    // query runs here, so the caller's search path is not pinned.
+    as_extension_owner_no_queries(|| {
+        // SAFETY: raise (25006) in a read-only transaction, and in parallel
+        // mode, as an INSERT would, before anything else is tried.
+        unsafe {
+            pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
+            pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
+        }
+        // Ids first: every MAC covers its row's id.
+        let sequence = id_sequence()?;
+        for row in &mut rows {
+            row.id = next_id(sequence)?;
+        }
+        for row in &mut rows {
+            row.mac = row_mac(&keys.audit, txid, &runs[row.run], row);
+        }
+        if at_commit {
+            seal(&keys.audit, txid, &runs, &mut rows)?;
+        }
+        write(txid, &runs, &rows)
+    })?;
     in_flight.0.clear();
     if let Some(p) = &mut *PENDING.borrow_mut() {
         p.written.extend(rows.iter().map(|row| {
@@ -327,6 +341,27 @@ pub fn flush(at_commit: bool) -> Result<(), WardenError> {
     Ok(())
 }
 
+/// The MAC of a row to write (an entry, or a batch).
+fn row_mac(key: &crate::crypto::Key32, txid: i64, run: &Run, row: &Row) -> [u8; MAC_LEN] {
+    let shared = run
+        .head
+        .shared(row.id, txid, run.first_seq + row.from as i32);
+    if !row.batch {
+        return macs::entry_mac(key, &shared, &run.values(row.from));
+    }
+    let k = run.values_per_entry();
+    let (first, last) = (row.from * k, (row.from + row.count) * k);
+    let start = |j: usize| if j == 0 { 0 } else { run.ends[j - 1] };
+    let lengths: Vec<usize> = (first..last).map(|j| run.ends[j] - start(j)).collect();
+    let end = if last == 0 { 0 } else { run.ends[last - 1] };
+    let values = macs::BatchValues {
+        present: run.head.present,
+        lengths: &lengths,
+        texts: [&run.texts[start(first)..end]],
+    };
+    macs::batch_mac(key, &shared, row.count, values)
+}
+
 /// The rows the runs are written as.
 fn rows_of(runs: &[Run]) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -335,6 +370,7 @@ fn rows_of(runs: &[Run]) -> Vec<Row> {
         let step = if batch { BATCH_MAX } else { 1 };
         for from in (0..run.count).step_by(step) {
             rows.push(Row {
+                id: 0,
                 run: r,
                 from,
                 count: step.min(run.count - from),
@@ -396,17 +432,13 @@ fn seal(
             .and_then(|s| s.row)
             .ok_or(WardenError::AuditEntriesLost)?;
         let entries: usize = chunk.iter().map(|s| s.entries).sum();
-        // One row: its count and its own MAC (which covers the transaction
-        // id) say all there is to say.
-        let mac = (chunk.len() > 1).then(|| {
-            macs::seal_mac(
-                key,
-                chunk[0].workspace,
-                txid,
-                entries as i64,
-                chunk.iter().map(|s| &s.mac[..]),
-            )
-        });
+        let mac = macs::seal_mac(
+            key,
+            chunk[0].workspace,
+            txid,
+            entries as i64,
+            chunk.iter().map(|s| &s.mac[..]),
+        );
         rows[last].seal = Some((entries as i64, mac));
     }
     Ok(())
@@ -417,11 +449,10 @@ fn seal(
 /// write takes the buffer's tail, so its newest entries are the
 /// workspaces' newest.)
 fn hold_back(runs: &mut Vec<Run>) -> Vec<Run> {
-    let mut seen: Vec<Option<[u8; 16]>> = Vec::new();
+    let mut seen = HashSet::new();
     let mut held = Vec::new();
     for run in runs.iter_mut().rev() {
-        if !seen.contains(&run.head.workspace) {
-            seen.push(run.head.workspace);
+        if seen.insert(run.head.workspace) {
             held.push(run.split_last());
         }
     }
@@ -504,27 +535,17 @@ fn write<'a>(txid: i64, runs: &'a [Run], rows: &[Row]) -> Result<(), WardenError
     fn text(v: Option<&str>) -> Value<'_> {
         v.map_or(Value::Null, Value::Text)
     }
-    fn seal_values(seal: &Option<(i64, Option<[u8; MAC_LEN]>)>) -> [Value<'_>; 2] {
+    fn seal_values(seal: &Option<(i64, [u8; MAC_LEN])>) -> [Value<'_>; 2] {
         match seal {
-            Some((n, mac)) => [
-                Value::Int4(*n as i32),
-                mac.as_ref().map_or(Value::Null, |m| Value::Bytea(m)),
-            ],
+            Some((n, mac)) => [Value::Int4(*n as i32), Value::Bytea(mac)],
             None => [Value::Null, Value::Null],
         }
     }
-    // SAFETY: raise (25006) in a read-only transaction, and in parallel
-    // mode, as an INSERT would, before anything else is tried.
-    unsafe {
-        pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
-        pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
-    }
-    let sequence = id_sequence()?;
     let (mut entries, mut batches) = (None, None);
     for row in rows {
         let run = &runs[row.run];
         let head = &run.head;
-        let id = next_id(sequence)?;
+        let id = row.id;
         let txn_seq = run.first_seq + row.from as i32;
         let [seal_entries, seal_mac] = seal_values(&row.seal);
         if row.batch {
@@ -609,6 +630,15 @@ pub fn any() -> bool {
     PENDING.borrow().is_some()
 }
 
+/// Whether this transaction has written rows of the trail that its seals,
+/// written at commit, are still to complete.
+pub fn written_any() -> bool {
+    PENDING
+        .borrow()
+        .as_ref()
+        .is_some_and(|p| !p.written.is_empty())
+}
+
 /// The workspaces this transaction wrote to (after its last write).
 pub fn workspaces() -> Vec<Option<[u8; 16]>> {
     let mut out: Vec<Option<[u8; 16]>> = PENDING.borrow().as_ref().map_or_else(Vec::new, |p| {
@@ -632,4 +662,46 @@ pub fn forget_subtransaction(subxact: pg_sys::SubTransactionId) {
 /// Forgets what the transaction recorded (it ended).
 pub fn forget() {
     *PENDING.borrow_mut() = None;
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::*;
+
+    fn entry_in(workspace: u32) -> Head {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&workspace.to_be_bytes());
+        // SAFETY: reads the current subtransaction's id.
+        let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+        Head::new(
+            0,
+            Some(id),
+            None,
+            Rc::from("r"),
+            Cow::Borrowed("x"),
+            None,
+            subxact,
+        )
+    }
+
+    /// A mid-statement write keeps each workspace's newest entry for the
+    /// commit's seal; with as many workspaces as the limit, it keeps them
+    /// all, and the next entry must not ask for another write (it did, at
+    /// every entry, each write scanning every workspace).
+    #[pg_test]
+    fn a_write_that_holds_everything_back_is_not_asked_again() {
+        let txid = -1;
+        let full: Vec<bool> = (0..MAX_BUFFERED as u32)
+            .map(|w| push(txid, entry_in(w), [None, None, None, Some(b"{}".to_vec())]))
+            .collect();
+        assert_eq!(full.iter().position(|&f| f), Some(MAX_BUFFERED - 1));
+        flush(false).unwrap();
+        assert!(!written_any(), "every entry is some workspace's newest");
+        let asked = (0..100u32)
+            .filter(|w| push(txid, entry_in(w + 1_000_000), [None, None, None, None]))
+            .count();
+        forget();
+        assert_eq!(asked, 0);
+    }
 }

@@ -127,7 +127,7 @@ impl Cluster {
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              fsync = off\nshared_preload_libraries = 'pg_warden, pg_stat_statements'\n\
-             warden.master_key_file = '{}'\nmax_connections = 50\n",
+             warden.master_key_file = '{}'\nmax_connections = 50\nmax_prepared_transactions = 5\n",
             socket.display(),
             key.display()
         );

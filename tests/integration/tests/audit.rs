@@ -86,7 +86,7 @@ fn concurrent_writers_in_one_workspace_make_one_intact_chain() {
         .superuser("audit_concurrent")
         .query_one(
             "SELECT count(*) FROM warden.audit_log
-              WHERE target = 'public.events' AND seal_entries = 1 AND seal_mac IS NULL",
+              WHERE target = 'public.events' AND seal_entries = 1 AND seal_mac IS NOT NULL",
             &[],
         )
         .unwrap()
@@ -183,6 +183,63 @@ fn a_restored_trail_still_verifies() {
             (Some(WS_B.to_string()), 1, true)
         ]
     );
+}
+
+#[test]
+fn a_prepared_transaction_is_sealed_and_holds_up_no_verification() {
+    setup("audit_prepared");
+    let mut a = app("audit_prepared", WS_A, USER_A);
+    // The backend's first audited commit would chain (and take the chain's
+    // lock, which a prepared transaction keeps).
+    a.batch_execute(
+        "BEGIN;
+         INSERT INTO public.events (workspace_id, payload) VALUES ('eeeeeeee-0000-4000-8000-00000000000a', 'p');
+         PREPARE TRANSACTION 'audit_prepared_1'",
+    )
+    .unwrap();
+    let mut admin = cluster().connect("audit_prepared", "audit_admin").unwrap();
+    admin
+        .batch_execute("SET statement_timeout = '10s'")
+        .unwrap();
+    let chains: Vec<(Option<String>, i64, bool)> = admin
+        .query(
+            "SELECT workspace_id::text, entries, intact FROM warden.verify_audit() ORDER BY 1",
+            &[],
+        )
+        .expect("verify_audit() does not wait for the prepared transaction")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            (Some(WS_A.to_string()), 1, true),
+            (Some(WS_B.to_string()), 1, true)
+        ],
+        "the prepared entry is not there yet"
+    );
+    cluster()
+        .superuser("audit_prepared")
+        .batch_execute("COMMIT PREPARED 'audit_prepared_1'")
+        .unwrap();
+    assert_eq!(
+        verify("audit_prepared"),
+        [
+            (Some(WS_A.to_string()), 2, true),
+            (Some(WS_B.to_string()), 1, true)
+        ],
+        "committed, the prepared entry is in its chain, sealed"
+    );
+    let sealed: i64 = cluster()
+        .superuser("audit_prepared")
+        .query_one(
+            "SELECT count(*) FROM warden.audit_log
+              WHERE target = 'public.events' AND seal_entries = 1 AND seal_mac IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(sealed, 1);
 }
 
 #[test]
