@@ -7,14 +7,13 @@
 CREATE SEQUENCE warden.audit_id_seq;
 
 -- One row per event. `mac` is HMAC-SHA256 under a key derived from the
--- master key over every other column but `id` and the seal (see
--- src/audit/macs.rs), so an edited or inserted row is detectable by
--- warden.verify_audit(). The last row a transaction writes in a workspace
--- (here or in audit_batches) carries the transaction's seal there: how
--- many entries it wrote in that workspace (`seal_entries`) and the MAC of
--- its rows' MACs, in order (`seal_mac`; NULL when that row is the
--- transaction's only one there, sealed by its own MAC), so a deleted row
--- is detectable too.
+-- master key over every other column but the seal, `id` included (see
+-- src/audit/macs.rs), so an edited, inserted or re-numbered row is
+-- detectable by warden.verify_audit(). The last row a transaction writes
+-- in a workspace (here or in audit_batches) carries the transaction's seal
+-- there: how many entries it wrote in that workspace (`seal_entries`) and
+-- the MAC of its rows' MACs, in order (`seal_mac`, on every seal), so a
+-- deleted row is detectable too.
 CREATE TABLE warden.audit_entries (
     id           bigint PRIMARY KEY,
     at           timestamptz NOT NULL,
@@ -101,8 +100,12 @@ CREATE TABLE warden.audit_blocks (
     prev_mac     bytea,
     mac          bytea NOT NULL
 );
-CREATE UNIQUE INDEX audit_blocks_chain ON warden.audit_blocks
-    ((COALESCE(workspace_id, '00000000-0000-0000-0000-000000000000'::uuid)), seq);
+-- One block per seq and chain; the chain outside any workspace (NULL) is
+-- its own, apart from every workspace's (the nil UUID's too).
+CREATE UNIQUE INDEX audit_blocks_chain ON warden.audit_blocks (workspace_id, seq)
+    WHERE workspace_id IS NOT NULL;
+CREATE UNIQUE INDEX audit_blocks_unscoped ON warden.audit_blocks (seq)
+    WHERE workspace_id IS NULL;
 COMMENT ON TABLE warden.audit_blocks IS 'pg_warden audit trail: per-workspace chains of seals';
 
 -- Append-only, for every role including the owner and superusers: only

@@ -94,6 +94,16 @@ pub enum WardenError {
          was caught by a savepoint): the transaction cannot commit"
     )]
     AuditEntriesLost,
+    #[error(
+        "warden.{0}() cannot run in a transaction that has already written audit entries (they \
+         are sealed when it commits): run it in a transaction of its own"
+    )]
+    AuditRowsUnsealed(&'static str),
+    #[error(
+        "the audit chain of workspace {workspace} does not verify (first broken row {first}): \
+         warden.purge_audit() deletes nothing from a tampered trail"
+    )]
+    AuditChainBroken { workspace: String, first: i64 },
     #[error("{0}() must be attached as an AFTER {1} trigger (warden.enable_audit() does that)")]
     MisattachedTrigger(&'static str, &'static str),
     #[error("permission denied, and the denial could not be recorded: {0}")]
@@ -141,6 +151,8 @@ impl WardenError {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
             WardenError::AuditEntriesLost => ERRCODE_TRANSACTION_ROLLBACK,
+            WardenError::AuditRowsUnsealed(_) => ERRCODE_ACTIVE_SQL_TRANSACTION,
+            WardenError::AuditChainBroken { .. } => ERRCODE_DATA_CORRUPTED,
             WardenError::MisattachedTrigger(..) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }

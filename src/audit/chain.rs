@@ -32,15 +32,8 @@ use std::collections::HashMap;
 
 const BLOCK_LABEL: &[u8] = b"pg_warden/v1/audit-block";
 
-/// The chain key a workspace's rows are indexed by (no workspace: nil).
-const NIL: &str = "'00000000-0000-0000-0000-000000000000'::pg_catalog.uuid";
-
-/// `COALESCE(<column>, nil) = COALESCE($n, nil)`: the rows of one chain.
-fn in_chain(column: &str, param: &str) -> String {
-    format!("COALESCE({column}, {NIL}) OPERATOR(pg_catalog.=) COALESCE({param}, {NIL})")
-}
-
-/// The rows of chain `$1`, spelled to use the `(workspace_id, id)` indexes.
+/// The rows of chain `$1` (NULL: those outside any workspace), spelled to
+/// use the indexes that lead with `workspace_id`.
 fn chain_rows(workspace: Option<[u8; 16]>) -> &'static str {
     match workspace {
         Some(_) => "workspace_id OPERATOR(pg_catalog.=) $1",
@@ -48,7 +41,8 @@ fn chain_rows(workspace: Option<[u8; 16]>) -> &'static str {
     }
 }
 
-/// An advisory lock key for a workspace's chain.
+/// An advisory lock key for a workspace's chain (outside any workspace: the
+/// nil UUID's, which only means those two chains never chain at once).
 fn chain_lock_key(workspace: Option<[u8; 16]>) -> i64 {
     let bytes = workspace.unwrap_or([0; 16]);
     // 0x5744 ("WD") in the top bits keeps clear of applications' keys.
@@ -162,7 +156,7 @@ fn due_to_chain() -> bool {
 
 /// The newest block of a chain and its MAC.
 fn last_block(workspace: Option<[u8; 16]>) -> Result<Option<(Block, Vec<u8>)>, WardenError> {
-    let query = blocks_query("ORDER BY seq DESC LIMIT 1");
+    let query = blocks_query(workspace, "ORDER BY seq DESC LIMIT 1");
     select(
         &query,
         &[workspace.map(Uuid::from_bytes).into()],
@@ -171,11 +165,11 @@ fn last_block(workspace: Option<[u8; 16]>) -> Result<Option<(Block, Vec<u8>)>, W
 }
 
 /// The blocks of chain `$1`, in the given order.
-fn blocks_query(order: &str) -> String {
+fn blocks_query(workspace: Option<[u8; 16]>, order: &str) -> String {
     format!(
         "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::pg_catalog.text, prev_mac, mac
            FROM warden.audit_blocks WHERE {} {order}",
-        in_chain("workspace_id", "$1")
+        chain_rows(workspace)
     )
 }
 
@@ -377,6 +371,7 @@ pub struct ChainReport {
 /// Chains everything committed before (as [`chain`] twice does), then
 /// verifies every chain (as the trail's owner).
 pub fn verify() -> Result<Vec<ChainReport>, WardenError> {
+    refuse_unsealed_rows("verify_audit")?;
     let keys = master::current()?;
     as_extension_owner(|| {
         let mut reports = Vec::new();
@@ -386,6 +381,16 @@ pub fn verify() -> Result<Vec<ChainReport>, WardenError> {
         }
         Ok(reports)
     })
+}
+
+/// Rows this transaction has already written (a statement that buffered
+/// more than a write holds) are not sealed until it commits: verifying
+/// would report them as inserted behind pg_warden's back.
+fn refuse_unsealed_rows(function: &'static str) -> Result<(), WardenError> {
+    if super::pending::written_any() {
+        return Err(WardenError::AuditRowsUnsealed(function));
+    }
+    Ok(())
 }
 
 /// Takes the chain's lock (until the transaction ends) and chains every
@@ -398,6 +403,13 @@ fn chain_everything(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), Ward
         "SELECT pg_catalog.pg_advisory_xact_lock($1)",
         &[chain_lock_key(workspace).into()],
     )?;
+    // What follows must see what committed while we waited for the lock
+    // (a block another backend just added, say). pgrx runs SPI read-only,
+    // on the calling statement's snapshot (taken before the wait), in a
+    // transaction without an id; with one, each read takes a new
+    // snapshot. (pgrx's update above assigns it already; this says so.)
+    // SAFETY: assigns this transaction's id, or raises.
+    unsafe { pg_sys::GetCurrentTransactionId() };
     chain(key, workspace)?;
     chain(key, workspace)
 }
@@ -420,7 +432,7 @@ struct StoredRow {
 /// statement reads both tables, so both are seen as of one snapshot (two
 /// would see a transaction that committed between them by halves).
 fn stored_rows(key: &Key32, workspace: Option<[u8; 16]>) -> Result<Vec<StoredRow>, WardenError> {
-    let chain = in_chain("workspace_id", "$1");
+    let chain = chain_rows(workspace);
     let ws = workspace.map(Uuid::from_bytes);
     let query = format!(
         "SELECT false, id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
@@ -560,7 +572,7 @@ fn blocks_of(workspace: Option<[u8; 16]>) -> Result<Vec<(Block, Vec<u8>)>, Warde
     Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(
-            &blocks_query("ORDER BY seq"),
+            &blocks_query(workspace, "ORDER BY seq"),
             None,
             &[workspace.map(Uuid::from_bytes).into()],
         )? {
@@ -570,36 +582,61 @@ fn blocks_of(workspace: Option<[u8; 16]>) -> Result<Vec<(Block, Vec<u8>)>, Warde
     })
 }
 
-/// Where the newest purge mark says the chain now starts: (the last
-/// purged block's seq, its MAC).
-fn anchor(blocks: &[(Block, Vec<u8>)]) -> Option<(i64, Vec<u8>)> {
-    blocks.iter().rev().find_map(|(b, _)| {
+/// Where a chain starts after a purge: the last purged block (its seq, its
+/// MAC, its `to_id`), as the newest purge mark whose own MAC holds records
+/// it. A mark that fails its MAC anchors nothing (it shows as a broken
+/// block).
+struct Anchor {
+    through_seq: i64,
+    through_mac: Vec<u8>,
+    through_id: i64,
+}
+
+fn anchor(key: &Key32, blocks: &[(Block, Vec<u8>)]) -> Option<Anchor> {
+    blocks.iter().rev().find_map(|(b, mac)| {
         let purge: serde_json::Value = serde_json::from_str(b.purge.as_deref()?).ok()?;
-        let through = purge.get("purged_through_seq")?.as_i64()?;
-        Some((
-            through,
-            hex::decode(purge.get("anchor_mac")?.as_str()?).ok()?,
-        ))
+        if b.mac(key, &[]).as_slice() != mac.as_slice() {
+            return None;
+        }
+        Some(Anchor {
+            through_seq: purge.get("purged_through_seq")?.as_i64()?,
+            through_mac: hex::decode(purge.get("anchor_mac")?.as_str()?).ok()?,
+            through_id: purge.get("purged_through_id")?.as_i64()?,
+        })
     })
 }
 
 fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport, WardenError> {
     let rows = stored_rows(key, workspace)?;
     let blocks = blocks_of(workspace)?;
+    Ok(ChainReport {
+        workspace,
+        entries: rows.iter().map(|r| r.entries).sum(),
+        first_broken_id: first_broken(key, workspace, &rows, &blocks),
+    })
+}
+
+/// The lowest row id where a chain fails, if it does.
+fn first_broken(
+    key: &Key32,
+    workspace: Option<[u8; 16]>,
+    rows: &[StoredRow],
+    blocks: &[(Block, Vec<u8>)],
+) -> Option<i64> {
+    let anchor = anchor(key, blocks);
 
     // The lowest id of a problem.
     let mut broken: Option<i64> = rows.iter().filter(|r| !r.valid).map(|r| r.id).min();
-    let mut flag = |id: Option<i64>| {
-        if let Some(id) = id {
-            broken = Some(broken.map_or(id, |b| b.min(id)));
-        }
-    };
+    let mut flag = |id: i64| broken = Some(broken.map_or(id, |b| b.min(id)));
 
     // Each seal must match the rows it closes (their MACs in txn_seq
     // order); rows no seal closes were inserted behind pg_warden's back
-    // (or their seal was deleted).
-    for (seal_row, group) in transactions(&rows) {
-        let first = group.first().map(|&i| rows[i].id);
+    // (or their seal was deleted); a transaction sealed at or below where
+    // a purge cut the chain was purged, and has been put back.
+    for (seal_row, group) in transactions(rows) {
+        let Some(first) = group.first().map(|&i| rows[i].id) else {
+            continue;
+        };
         let Some(s) = seal_row else {
             flag(first);
             continue;
@@ -618,14 +655,15 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
             members.iter().map(|r| r.mac.as_slice()),
         );
         let holds = mac.as_slice() == sealed_mac.as_slice();
-        if i64::from(*sealed_entries) != entries || !holds {
+        let purged = anchor.as_ref().is_some_and(|a| rows[s].id <= a.through_id);
+        if i64::from(*sealed_entries) != entries || !holds || purged {
             flag(first);
         }
     }
 
     // Blocks: a contiguous chain of id ranges, each MAC'ed over the seals
-    // in its range and the previous block. A purge mark says where the
-    // chain now starts.
+    // in its range and the previous block, starting at 0 or where the
+    // newest purge mark says the purged part ended.
     let seals: Vec<SealRow> = rows
         .iter()
         .filter_map(|r| {
@@ -637,15 +675,11 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
             })
         })
         .collect();
-    // Where a problem with a block shows: the first row after its start.
-    let after = |from: i64| rows.iter().map(|r| r.id).find(|&id| id > from);
-    let anchor = anchor(&blocks);
-    let (mut expected_seq, mut expected_prev) = match &anchor {
-        Some((through, mac)) => (through + 1, Some(mac.clone())),
-        None => (1, None),
+    let (mut expected_seq, mut expected_prev, mut expected_from) = match anchor {
+        Some(a) => (a.through_seq + 1, Some(a.through_mac), a.through_id),
+        None => (1, None, 0),
     };
-    let mut expected_from: Option<i64> = anchor.is_none().then_some(0);
-    for (block, mac) in &blocks {
+    for (block, mac) in blocks {
         let covered: Vec<SealRow> = seals
             .iter()
             .filter(|s| block.purge.is_none() && s.id > block.from_id && s.id <= block.to_id)
@@ -653,19 +687,26 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
             .collect();
         let linked = block.seq == expected_seq
             && block.prev_mac == expected_prev
-            && expected_from.is_none_or(|f| f == block.from_id);
+            && block.from_id == expected_from;
         if !linked || block.mac(key, &covered).as_slice() != mac.as_slice() {
-            flag(after(block.from_id));
+            // It shows at the first row after where it starts, or should
+            // (the previous block's end: a broken block's own fields are
+            // not to be trusted); with no row after that, at the id
+            // after it, a row that is not there: a broken block never
+            // goes unreported.
+            let start = expected_from.min(block.from_id);
+            flag(
+                rows.iter()
+                    .map(|r| r.id)
+                    .find(|&id| id > start)
+                    .unwrap_or(start.saturating_add(1)),
+            );
         }
         expected_seq = block.seq + 1;
         expected_prev = Some(mac.clone());
-        expected_from = Some(block.to_id);
+        expected_from = block.to_id;
     }
-    Ok(ChainReport {
-        workspace,
-        entries: rows.iter().map(|r| r.entries).sum(),
-        first_broken_id: broken,
-    })
+    broken
 }
 
 /// Deletes, per chain, the longest run of oldest blocks whose transactions
@@ -673,6 +714,7 @@ fn verify_chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<ChainReport,
 /// appending a purge mark that records where the chain now starts. Returns
 /// the number of entries deleted.
 pub fn purge(before: TimestampWithTimeZone) -> Result<i64, WardenError> {
+    refuse_unsealed_rows("purge_audit")?;
     let keys = master::current()?;
     as_extension_owner(|| {
         super::while_purging(|| {
@@ -694,6 +736,15 @@ fn purge_chain(
     let cut_off = pg_sys::TimestampTz::from(before);
     let rows = stored_rows(key, workspace)?;
     let blocks = blocks_of(workspace)?;
+    // A chain that does not verify keeps everything: purging would erase
+    // the evidence (and re-anchor the chain past it).
+    if let Some(first) = first_broken(key, workspace, &rows, &blocks) {
+        return Err(WardenError::AuditChainBroken {
+            workspace: workspace
+                .map_or_else(|| "(none)".into(), |w| Uuid::from_bytes(w).to_string()),
+            first,
+        });
+    }
     let transactions = transactions(&rows);
     // The newest row of each sealed transaction, by its seal's row id.
     let newest: Vec<(i64, i64)> = transactions
@@ -740,6 +791,7 @@ fn purge_chain(
     let purge = serde_json::json!({
         "before": before.to_string(),
         "purged_through_seq": through.seq,
+        "purged_through_id": through.to_id,
         "anchor_mac": hex::encode(through_mac),
         "entries": n,
     });
@@ -765,7 +817,7 @@ fn purge_chain(
     Spi::run_with_args(
         &format!(
             "DELETE FROM warden.audit_blocks WHERE {} AND seq OPERATOR(pg_catalog.<=) $2",
-            in_chain("workspace_id", "$1")
+            chain_rows(workspace)
         ),
         &[workspace.map(Uuid::from_bytes).into(), through.seq.into()],
     )?;

@@ -10,8 +10,8 @@
 //! Tamper evidence, in three layers, all HMAC-SHA256 under a key derived
 //! from the master key (see `macs`):
 //! - every entry, and every batch, carries `mac` over every column but
-//!   `id` and the seal (JSON values as the text stored: see `json`), so an
-//!   edited or an inserted entry or batch does not verify;
+//!   the seal, `id` included (JSON values as the text stored: see `json`),
+//!   so an edited, inserted or re-numbered entry or batch does not verify;
 //! - at commit, each transaction that wrote entries seals them per
 //!   workspace: their count and the MAC of its rows' MACs, in order, on
 //!   its last row there (`seal_entries`, `seal_mac`: that row is never

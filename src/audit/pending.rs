@@ -109,6 +109,11 @@ struct Run {
     /// present values in order), and where each ends.
     texts: Vec<u8>,
     ends: Vec<usize>,
+    /// A workspace's newest entry that a mid-statement write left for the
+    /// commit (to carry the seal): the write limits count beyond it, or a
+    /// transaction in more workspaces than the limit would write again at
+    /// every entry. New entries start a run of their own after it.
+    held: bool,
 }
 
 impl Run {
@@ -146,6 +151,7 @@ impl Run {
             count: 1,
             texts: self.texts[start..].to_vec(),
             ends: self.ends[kept..].iter().map(|e| e - start).collect(),
+            held: false,
         };
         self.texts.truncate(start);
         self.ends.truncate(kept);
@@ -172,11 +178,6 @@ struct Pending {
     /// The size (entries, bytes of JSON) of what a write in a given
     /// subtransaction would take; `None` to count it again.
     share: Option<(pg_sys::SubTransactionId, usize, usize)>,
-    /// The entries and bytes the last mid-statement write held back (each
-    /// workspace's newest entry waits for commit, to carry the seal): the
-    /// limits are counted beyond them, or a transaction touching more
-    /// workspaces than the limit would write again at every entry.
-    held: (usize, usize),
     /// Written, to seal at commit.
     written: Vec<Written>,
     /// The subtransactions of entries a failed write took with it (an
@@ -214,19 +215,19 @@ pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> bool {
             next_seq: 0,
             runs: Vec::new(),
             share: None,
-            held: (0, 0),
             written: Vec::new(),
             lost: Vec::new(),
         }),
     };
     p.next_seq += 1;
-    if p.runs.last().is_none_or(|r| r.head != head) {
+    if p.runs.last().is_none_or(|r| r.held || r.head != head) {
         p.runs.push(Run {
             head,
             first_seq: p.next_seq,
             count: 0,
             texts: Vec::new(),
             ends: Vec::new(),
+            held: false,
         });
     }
     let run = p.runs.last_mut().expect("just pushed");
@@ -238,15 +239,17 @@ pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> bool {
     let (entries, bytes) = match p.share {
         Some((s, e, b)) if s == subxact => (e + 1, b + size),
         _ => {
-            let share = &p.runs[writable_from(&p.runs, subxact)..];
+            let share = p.runs[writable_from(&p.runs, subxact)..]
+                .iter()
+                .filter(|r| !r.held);
             (
-                share.iter().map(|r| r.count).sum(),
-                share.iter().map(|r| r.texts.len()).sum(),
+                share.clone().map(|r| r.count).sum(),
+                share.map(|r| r.texts.len()).sum(),
             )
         }
     };
     p.share = Some((subxact, entries, bytes));
-    entries >= MAX_BUFFERED + p.held.0 || bytes >= MAX_BUFFERED_BYTES + p.held.1
+    entries >= MAX_BUFFERED || bytes >= MAX_BUFFERED_BYTES
 }
 
 /// A row to write: entries `from .. from + count` of a run, as a batch or
@@ -283,9 +286,7 @@ pub fn flush(at_commit: bool) -> Result<(), WardenError> {
             let from = writable_from(&p.runs, current);
             let mut runs = p.runs.split_off(from);
             if !at_commit {
-                let held = hold_back(&mut runs);
-                p.held = (held.len(), held.iter().map(|r| r.texts.len()).sum());
-                p.runs.extend(held);
+                p.runs.extend(hold_back(&mut runs));
             }
             p.share = None;
             (p.txid, runs)
@@ -453,7 +454,9 @@ fn hold_back(runs: &mut Vec<Run>) -> Vec<Run> {
     let mut held = Vec::new();
     for run in runs.iter_mut().rev() {
         if seen.insert(run.head.workspace) {
-            held.push(run.split_last());
+            let mut last = run.split_last();
+            last.held = true;
+            held.push(last);
         }
     }
     held.reverse();
@@ -703,5 +706,31 @@ mod tests {
             .count();
         forget();
         assert_eq!(asked, 0);
+    }
+
+    /// What a write held back inside a savepoint that is rolled back goes
+    /// with it, and no longer counts: the next write comes at the limit,
+    /// not at twice it.
+    #[pg_test]
+    fn entries_held_back_in_a_rolled_back_savepoint_stop_counting() {
+        let txid = -1;
+        // SAFETY: as PL/pgSQL runs an exception block: a subtransaction,
+        // rolled back, then the caller's memory context and owner again.
+        let (context, owner) =
+            unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+        unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
+        for w in 0..MAX_BUFFERED as u32 {
+            push(txid, entry_in(w), [None, None, None, Some(b"{}".to_vec())]);
+        }
+        flush(false).unwrap();
+        unsafe {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        }
+        let full = (0..2 * MAX_BUFFERED as u32)
+            .position(|_| push(txid, entry_in(7), [None, None, None, None]));
+        forget();
+        assert_eq!(full, Some(MAX_BUFFERED - 1));
     }
 }

@@ -198,6 +198,28 @@ SELECT workspace_id IS NOT DISTINCT FROM (SELECT workspace_id FROM lone) AS its_
   FROM warden.verify_audit() WHERE NOT intact;
 ROLLBACK;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+-- Where a broken block shows is not taken from the block itself: a whole
+-- chained transaction deleted, and its block's start moved past every
+-- row, is found at the first row after where the block should start.
+-- (Rolled back after.)
+BEGIN;
+CREATE TEMP TABLE victim AS
+SELECT b.workspace_id, b.seq, b.from_id, e.txid
+  FROM warden.audit_blocks AS b
+  JOIN warden.audit_entries AS e
+    ON e.workspace_id = b.workspace_id AND e.id > b.from_id AND e.id <= b.to_id
+ WHERE b.seals > 0 AND e.seal_entries IS NOT NULL
+ ORDER BY b.seq DESC, e.id LIMIT 1;
+SET LOCAL session_replication_role = replica;
+DELETE FROM warden.audit_entries AS e USING victim AS v
+ WHERE e.txid = v.txid AND e.workspace_id = v.workspace_id;
+UPDATE warden.audit_blocks AS b SET from_id = 9223372036854775807 FROM victim AS v
+ WHERE b.workspace_id = v.workspace_id AND b.seq = v.seq;
+RESET session_replication_role;
+SELECT workspace_id = (SELECT workspace_id FROM victim) AS its_chain, intact,
+       first_broken_id > (SELECT from_id FROM victim) AS after_its_start
+  FROM warden.verify_audit() WHERE NOT intact;
+ROLLBACK;
 
 -- Disabling audit detaches the triggers; no more entries.
 SET ROLE regress_owner;
@@ -484,6 +506,14 @@ INSERT INTO public.spill SELECT g FROM generate_series(30001, 40000) AS g;
 SELECT target, txn_seq, seal_entries FROM warden.audit_log
  WHERE target = 'public.spill' AND seal_entries IS NOT NULL ORDER BY id;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+-- A transaction whose statement has written rows before its commit (here
+-- 10,000 entries) has rows not sealed yet: verify_audit() and
+-- purge_audit() refuse to run in it rather than report them.
+BEGIN;
+INSERT INTO public.spill SELECT g FROM generate_series(50001, 60000) AS g;
+SELECT regress.error_of('SELECT * FROM warden.verify_audit()');
+SELECT regress.error_of($$SELECT warden.purge_audit(now())$$);
+ROLLBACK;
 DROP TABLE public.bulk, public.spill;
 
 -- Names are looked up once per backend, and again after a rename.
@@ -496,6 +526,22 @@ INSERT INTO regress_renamed.t VALUES (2);
 SELECT target, row_key FROM warden.audit_log WHERE target LIKE 'regress\_%.t' ORDER BY id;
 DROP SCHEMA regress_renamed CASCADE;
 
+-- Purge refuses a chain that does not verify: it would erase the
+-- evidence.
+BEGIN;
+SET LOCAL session_replication_role = replica;
+DELETE FROM warden.audit_entries
+ WHERE id = (SELECT min(id) FROM warden.audit_entries WHERE workspace_id IS NOT NULL);
+RESET session_replication_role;
+SELECT regexp_replace(regress.error_of($$SELECT warden.purge_audit(now() + interval '1 day')$$),
+                      'row \d+', 'row N') AS refused;
+ROLLBACK;
+-- (The workspace's oldest transaction, to put back after the purge.)
+CREATE TEMP TABLE purged_txn AS
+SELECT * FROM warden.audit_entries
+ WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000'
+   AND txid = (SELECT txid FROM warden.audit_entries
+                WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000' ORDER BY id LIMIT 1);
 -- Purge: whole transactions older than the cut-off go, a mark stays, and
 -- the rest still verifies.
 SET ROLE regress_admin;
@@ -529,6 +575,42 @@ SELECT warden.purge_audit(now() - interval '1 day') AS nothing_older;
 SELECT count(*) AS entries_left FROM warden.audit_log;
 SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
 RESET ROLE;
+-- A purged transaction put back is found (the mark records where the
+-- purged part ended); so is a forged mark claiming more was purged (a
+-- mark anchors the chain only if its own MAC holds). (Rolled back after.)
+BEGIN;
+SET LOCAL session_replication_role = replica;
+INSERT INTO warden.audit_entries SELECT * FROM purged_txn;
+RESET session_replication_role;
+SELECT workspace_id, intact, first_broken_id = (SELECT min(id) FROM purged_txn) AS at_the_row
+  FROM warden.verify_audit() WHERE NOT intact;
+ROLLBACK;
+BEGIN;
+SET LOCAL session_replication_role = replica;
+INSERT INTO warden.audit_blocks
+SELECT workspace_id, seq + 1, to_id, to_id, next_to_id, next_xid, 0,
+       json_build_object('purged_through_seq', seq, 'purged_through_id', to_id,
+                         'anchor_mac', encode(mac, 'hex')),
+       mac, mac
+  FROM warden.audit_blocks WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000'
+ ORDER BY seq DESC LIMIT 1;
+RESET session_replication_role;
+SELECT workspace_id, intact FROM warden.verify_audit() WHERE NOT intact;
+ROLLBACK;
+-- The nil UUID is a workspace like any other: its chain is its own, not
+-- the chain of what happens outside any workspace.
+INSERT INTO warden.memberships
+VALUES ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-0000000a11ce', 'user');
+SET ROLE regress_app;
+SELECT warden.set_context('00000000-0000-0000-0000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
+SELECT warden.log_event('nil.event', 'x');
+SELECT warden.clear_context();
+RESET ROLE;
+SELECT warden.log_event('outside.event', 'y');
+SELECT workspace_id, intact FROM warden.verify_audit() ORDER BY 1;
+SELECT workspace_id, action FROM warden.audit_log
+ WHERE action IN ('nil.event', 'outside.event') ORDER BY id;
 DROP TABLE public.later;
 
 DROP TABLE public.cards, public.notes;
