@@ -9,7 +9,7 @@ CREATE ROLE bench_audit IN ROLE warden_user;
 GRANT USAGE ON SCHEMA bench TO bench_audit;
 GRANT CREATE ON SCHEMA public TO bench_audit;
 SET ROLE bench_audit;
-SELECT warden.set_context(:ws, '00000000-0000-4000-8000-0000000000cc', false) IS NOT NULL AS context_set;
+SELECT warden.set_context(:ws, '00000000-0000-4000-8000-0000000000cc', false) IS NOT NULL AS context_set \gset
 
 CREATE TABLE source AS
 SELECT g AS id, :ws::uuid AS workspace_id, md5(g::text) AS title, g % 1000 AS amount

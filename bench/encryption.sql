@@ -7,7 +7,7 @@ CREATE ROLE bench_enc IN ROLE warden_user;
 GRANT USAGE ON SCHEMA bench TO bench_enc;
 GRANT CREATE ON SCHEMA public TO bench_enc;
 SET ROLE bench_enc;
-SELECT warden.set_context(:ws, '00000000-0000-4000-8000-0000000000bb', false) IS NOT NULL AS context_set;
+SELECT warden.set_context(:ws, '00000000-0000-4000-8000-0000000000bb', false) IS NOT NULL AS context_set \gset
 
 CREATE TABLE fields AS
 SELECT g AS id, rpad(md5(g::text), 64, 'x') AS v FROM generate_series(1, 100000) AS g;

@@ -27,7 +27,7 @@ CREATE ROLE bench_app IN ROLE warden_user;
 GRANT SELECT ON plain_docs, docs, bare_docs TO bench_app;
 GRANT USAGE ON SCHEMA bench TO bench_app;
 SET ROLE bench_app;
-SELECT warden.set_context(:ws, '00000000-0000-4000-8000-0000000000aa', false) IS NOT NULL AS context_set;
+SELECT warden.set_context(:ws, '00000000-0000-4000-8000-0000000000aa', false) IS NOT NULL AS context_set \gset
 
 -- Index scan of one workspace (10k rows): generated policies vs the WHERE a
 -- developer would write on a table without RLS.

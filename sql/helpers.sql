@@ -25,3 +25,7 @@ CREATE FUNCTION warden.decrypt(ciphertext bytea, context text DEFAULT NULL) RETU
     STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'warden_decrypt';
 COMMENT ON FUNCTION warden.decrypt(bytea, text) IS
     'pg_warden: decrypt a text or jsonb ciphertext of the acting workspace to text';
+CREATE FUNCTION warden.decrypt_bytea(ciphertext bytea, context text DEFAULT NULL) RETURNS bytea
+    STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'warden_decrypt_bytea';
+COMMENT ON FUNCTION warden.decrypt_bytea(bytea, text) IS
+    'pg_warden: decrypt a ciphertext of the acting workspace to its bytes';

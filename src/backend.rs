@@ -323,3 +323,64 @@ pub fn execute(query: &str, args: &[DatumWithOid]) -> Result<(), WardenError> {
         Ok(())
     })
 }
+
+/// Whether a read-only query's first row says true, as of a snapshot taken
+/// now: everything committed so far and this transaction's own changes,
+/// whatever the isolation level. (Under REPEATABLE READ and SERIALIZABLE
+/// every other query of the transaction reads its first snapshot; an
+/// operation serialized by a lock must still see what the lock's previous
+/// holder committed after that snapshot was taken.)
+pub fn true_now(query: &CStr, args: &[DatumWithOid]) -> Result<bool, WardenError> {
+    Spi::connect(|_client| {
+        let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+        let mut values: Vec<pg_sys::Datum> = args
+            .iter()
+            .map(|a| {
+                a.datum()
+                    .map_or(pg_sys::Datum::from(0), |d| d.sans_lifetime())
+            })
+            .collect();
+        let nulls: Vec<std::ffi::c_char> = args
+            .iter()
+            .map(|a| if a.datum().is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+            .collect();
+        // SAFETY: inside an SPI connection; the plan is freed before
+        // returning (or with the SPI memory on an error); the arrays live
+        // across the call; the result is read before the connection closes.
+        unsafe {
+            // Makes this transaction's last command's changes visible to
+            // the snapshot, as a new statement would.
+            pg_sys::CommandCounterIncrement();
+            let plan = pg_sys::SPI_prepare(query.as_ptr(), types.len() as i32, types.as_mut_ptr());
+            if plan.is_null() {
+                return Err(WardenError::Internal("SPI_prepare failed".into()));
+            }
+            let status = pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                1,
+            );
+            let answer = if status == pg_sys::SPI_OK_SELECT as i32
+                && pg_sys::SPI_processed == 1
+                && !pg_sys::SPI_tuptable.is_null()
+            {
+                let table = pg_sys::SPI_tuptable;
+                let mut is_null = true;
+                let datum =
+                    pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut is_null);
+                Ok(!is_null && bool::from_datum(datum, false).unwrap_or(false))
+            } else {
+                Err(WardenError::Internal(format!(
+                    "SPI_execute_snapshot: {status}"
+                )))
+            };
+            pg_sys::SPI_freeplan(plan);
+            answer
+        }
+    })
+}

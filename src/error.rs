@@ -78,8 +78,13 @@ pub enum WardenError {
         "a stored workspace key does not unwrap under the master key: the key table was altered"
     )]
     KeyUnwrapFailed,
-    #[error("the value is not valid UTF-8 text")]
+    #[error("the decrypted value is not valid text in the database's encoding")]
     NotText,
+    #[error(
+        "the value is shaped like a pg_warden ciphertext of the acting workspace but does not \
+         decrypt with its keys and this context: refused rather than stored unencrypted"
+    )]
+    EnvelopeNotAuthentic,
     #[error(
         "could not serialize access: the workspace's keys changed concurrently (retry the \
          transaction)"
@@ -138,7 +143,9 @@ impl WardenError {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
             WardenError::NotCiphertext(_) => ERRCODE_INVALID_BINARY_REPRESENTATION,
-            WardenError::DecryptionFailed | WardenError::KeyUnwrapFailed => ERRCODE_DATA_CORRUPTED,
+            WardenError::DecryptionFailed
+            | WardenError::KeyUnwrapFailed
+            | WardenError::EnvelopeNotAuthentic => ERRCODE_DATA_CORRUPTED,
             WardenError::WrongPayloadType { .. } => ERRCODE_DATATYPE_MISMATCH,
             WardenError::UnknownKeyVersion(_) => ERRCODE_UNDEFINED_OBJECT,
             WardenError::Shredded(_)

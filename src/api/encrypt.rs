@@ -139,9 +139,12 @@ pub unsafe extern "C-unwind" fn warden_encrypt_text(
 }
 
 /// Encrypts bytes. A value that already is a ciphertext is returned
-/// unchanged (refused if it belongs to another workspace than the acting
-/// one): paths that re-run (restores, triggers re-fired by `ON CONFLICT`)
-/// never encrypt twice.
+/// unchanged: paths that re-run (restores, triggers re-fired by `ON
+/// CONFLICT`) never encrypt twice. With a context, only a genuine one, of
+/// the acting workspace, that decrypts with the given context string: bytes
+/// merely shaped like one (an application's `prefix || secret`) are
+/// refused, never stored as they came. Without a context (a restore
+/// replays values with none), a value that parses as a ciphertext passes.
 #[pg_extern(name = "encrypt", volatile, parallel_unsafe)]
 fn encrypt_bytea(
     value: Option<&[u8]>,
@@ -158,6 +161,15 @@ fn encrypt_bytea(
                 Uuid::from_bytes(env.header().workspace_id).to_string(),
             )
             .into());
+        }
+        if acting.is_some() {
+            match open(value, context.map(str::as_bytes)) {
+                Ok(_) => {}
+                Err(WardenError::DecryptionFailed | WardenError::UnknownKeyVersion(_)) => {
+                    return Err(WardenError::EnvelopeNotAuthentic.into())
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         return Ok(Some(value.to_vec()));
     }
@@ -216,9 +228,15 @@ fn open_to_text(
         "text",
         "decrypt_bytea",
     )
-    .and_then(|()| match std::str::from_utf8(out) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(WardenError::NotText),
+    .and_then(|()| {
+        // Text as the database's encoding has it (as `encrypt` took it).
+        // SAFETY: `out` is a live buffer of that length; noError: no raise.
+        let valid = unsafe { pg_sys::pg_verifymbstr(out.as_ptr().cast(), out.len() as i32, true) };
+        if valid {
+            Ok(())
+        } else {
+            Err(WardenError::NotText)
+        }
     });
     if let Err(e) = checked {
         out.zeroize();
@@ -227,18 +245,34 @@ fn open_to_text(
     Ok(text)
 }
 
-/// Decrypts to bytes (any ciphertext).
-#[pg_extern(stable, parallel_restricted)]
-fn decrypt_bytea(
-    ciphertext: Option<&[u8]>,
-    context: default!(Option<&str>, "NULL"),
-) -> SqlResult<Option<Vec<u8>>> {
-    let Some(ciphertext) = ciphertext else {
-        return Ok(None);
-    };
-    Ok(Some(
-        open(ciphertext, context.map(str::as_bytes))?.1.to_vec(),
-    ))
+/// `warden.decrypt_bytea(ciphertext bytea, context text DEFAULT NULL)
+/// RETURNS bytea`: decrypts any ciphertext to its bytes, straight into the
+/// result (a plain V1 function, see `fmgr.rs`: no copy of the plaintext is
+/// left behind in freed memory).
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn warden_decrypt_bytea(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: declared (bytea, text); fcinfo is the call's.
+    unsafe {
+        let Some(ciphertext) = fmgr::varlena_arg(fcinfo, 0) else {
+            return fmgr::return_null(fcinfo);
+        };
+        let context = fmgr::varlena_arg(fcinfo, 1);
+        pg_sys::Datum::from(open_to_bytea(ciphertext, context).unwrap_or_else(|e| raise(e)))
+    }
+}
+
+fn open_to_bytea(
+    ciphertext: &[u8],
+    context: Option<&[u8]>,
+) -> Result<*mut pg_sys::varlena, WardenError> {
+    let (env, key) = opening(ciphertext)?;
+    // SAFETY: inside a function call; no longer than the ciphertext.
+    let (bytea, out) = unsafe { fmgr::new_varlena(env.plaintext_len()) };
+    envelope::open_into(&key, &env, context, out).map_err(|_| WardenError::DecryptionFailed)?;
+    Ok(bytea)
 }
 
 /// Decrypts a jsonb ciphertext.
@@ -310,4 +344,8 @@ fn envelope_info(
     ))
 }
 
-fmgr::v1_function_info!(pg_finfo_warden_encrypt_text, pg_finfo_warden_decrypt);
+fmgr::v1_function_info!(
+    pg_finfo_warden_encrypt_text,
+    pg_finfo_warden_decrypt,
+    pg_finfo_warden_decrypt_bytea
+);

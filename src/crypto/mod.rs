@@ -15,13 +15,19 @@
 //!
 //! # Design choices
 //!
-//! **Randomness: `getrandom` on every call.** Keys and nonces come straight
-//! from the kernel (`getrandom(2)`) each time; no generator state lives in
-//! user space. PostgreSQL backends are `fork()`ed from the postmaster, so a
-//! userspace CSPRNG seeded before the fork (e.g. in `_PG_init` of a
-//! preloaded library) would give every backend the same stream and repeat
-//! nonces across backends. A system call cannot be forked; this costs one
-//! syscall (a fraction of a microsecond) per encryption.
+//! **Randomness.** Keys, and the nonces of rare operations (wrapping a
+//! key), come straight from the kernel (`getrandom(2)`). Per-row nonces
+//! come from a ChaCha20 generator seeded from the kernel and reseeded
+//! whenever the process id changes (see [`nonce`]): PostgreSQL backends are
+//! `fork()`ed from the postmaster, and a generator seeded before a fork
+//! (e.g. in `_PG_init` of a preloaded library) and carried into two
+//! backends would repeat nonces; keyed to the process id, it cannot.
+//!
+//! **Memory.** Every key type zeroizes on drop, and so do AES's round keys
+//! inside a cached cipher (the `aes` crate's `zeroize` feature). GHASH's
+//! key inside a cached cipher is not wiped: `aes-gcm` 0.10's run-time
+//! dispatch keeps it without a destructor (its copies made while a cipher
+//! is built are, with `ghash`'s and `polyval`'s `zeroize` features).
 //!
 //! **The associated data binds the whole header.** AES-GCM authenticates
 //! the verbatim 37-byte envelope header (magic, version, algorithm, payload

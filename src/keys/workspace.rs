@@ -14,7 +14,7 @@
 //! Reading and writing the table happens as the extension's owner: the
 //! callers (`warden_user`) may not see it.
 
-use crate::backend::{as_extension_owner, select_one, BackendLocal};
+use crate::backend::{as_extension_owner, select_one, true_now, BackendLocal};
 use crate::crypto::{derive_kek, key_wrap_aad, unwrap_key, wrap_key, DataKey, Key32};
 use crate::error::WardenError;
 use crate::keys::master::{self, MasterKeys};
@@ -142,7 +142,9 @@ enum Snapshot {
     Statement,
     /// Everything committed so far (read-write SPI takes a new snapshot in
     /// READ COMMITTED): for the volatile paths that waited for the key lock
-    /// and must see what the holder committed.
+    /// and must see what the holder committed. (Under REPEATABLE READ, the
+    /// transaction's snapshot: an insert that conflicts with a key it
+    /// cannot see fails with 40001; see also `shredded_now`.)
     Latest,
 }
 
@@ -188,19 +190,39 @@ fn read_as_of(
 
 /// Whether the workspace was crypto-shredded.
 pub fn is_shredded(ws: &[u8; 16]) -> Result<bool, WardenError> {
-    is_shredded_as_of(ws, Snapshot::Statement)
+    let uuid = Uuid::from_bytes(*ws);
+    as_extension_owner(|| {
+        Ok(select_one::<bool>(
+            "SELECT EXISTS (SELECT FROM warden.shredded_workspaces
+                             WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
+            &[uuid.into()],
+        )?
+        .unwrap_or(false))
+    })
 }
 
-fn is_shredded_as_of(ws: &[u8; 16], snapshot: Snapshot) -> Result<bool, WardenError> {
+/// Whether the workspace is shredded, as of now (see `true_now`): for the
+/// operations serialized by [`lock_keys`], at any isolation level.
+fn shredded_now(ws: &[u8; 16]) -> Result<bool, WardenError> {
     let uuid = Uuid::from_bytes(*ws);
-    const QUERY: &str = "SELECT EXISTS (SELECT FROM warden.shredded_workspaces
-                                         WHERE workspace_id OPERATOR(pg_catalog.=) $1)";
-    as_extension_owner(|| match snapshot {
-        Snapshot::Statement => Ok(select_one::<bool>(QUERY, &[uuid.into()])?.unwrap_or(false)),
-        Snapshot::Latest => Ok(Spi::connect_mut(|client| {
-            let rows = client.update(QUERY, None, &[uuid.into()])?;
-            Ok::<_, WardenError>(rows.first().get_one::<bool>()?.unwrap_or(false))
-        })?),
+    as_extension_owner(|| {
+        true_now(
+            c"SELECT EXISTS (SELECT FROM warden.shredded_workspaces
+                              WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
+            &[uuid.into()],
+        )
+    })
+}
+
+/// Whether any key of the workspace is left, as of now (see `true_now`).
+fn keys_left_now(ws: &[u8; 16]) -> Result<bool, WardenError> {
+    let uuid = Uuid::from_bytes(*ws);
+    as_extension_owner(|| {
+        true_now(
+            c"SELECT EXISTS (SELECT FROM warden.workspace_keys
+                              WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
+            &[uuid.into()],
+        )
     })
 }
 
@@ -210,6 +232,11 @@ fn unwrap_stored(
     kind: KeyKind,
     stored: &Stored,
 ) -> Result<Key32, WardenError> {
+    // A shred deletes the workspace's keys; one still found (put back by
+    // hand, say) is refused all the same.
+    if is_shredded(ws)? {
+        return Err(WardenError::Shredded(Uuid::from_bytes(*ws).to_string()));
+    }
     if stored.master_key_id != master.id {
         return Err(WardenError::WrappedByOtherMasterKey(
             stored.master_key_id.clone(),
@@ -302,6 +329,7 @@ pub fn current_data_key(ws: &[u8; 16]) -> Result<(u32, Rc<DataKey>), WardenError
 
 /// The workspace's blind-index key (created with its first data key).
 pub fn index_key(ws: &[u8; 16]) -> Result<Rc<Key32>, WardenError> {
+    take_news();
     if let Some(key) = with_cache(ws, |c| c.index.clone()) {
         return Ok(key);
     }
@@ -401,7 +429,7 @@ static NEWS_TAKEN_AT: BackendLocal<Cell<pg_sys::TimestampTz>> = BackendLocal::ne
 
 fn create_first_keys(ws: &[u8; 16]) -> Result<(), WardenError> {
     lock_keys(ws)?;
-    if is_shredded_as_of(ws, Snapshot::Latest)? {
+    if shredded_now(ws)? {
         return Err(WardenError::Shredded(Uuid::from_bytes(*ws).to_string()));
     }
     let master = master::current()?;
@@ -415,7 +443,7 @@ fn create_first_keys(ws: &[u8; 16]) -> Result<(), WardenError> {
 /// A new data key version; old versions keep decrypting. Returns it.
 pub fn rotate(ws: &[u8; 16]) -> Result<u32, WardenError> {
     lock_keys(ws)?;
-    if is_shredded_as_of(ws, Snapshot::Latest)? {
+    if shredded_now(ws)? {
         return Err(WardenError::Shredded(Uuid::from_bytes(*ws).to_string()));
     }
     let master = master::current()?;
@@ -449,6 +477,12 @@ pub fn shred(ws: &[u8; 16]) -> Result<(), WardenError> {
         )?;
         Ok::<_, WardenError>(())
     })?;
+    // Under REPEATABLE READ or SERIALIZABLE the DELETE saw the keys of the
+    // transaction's snapshot: one created since (a rotation, a first use
+    // that committed before this took the lock) would outlive the shred.
+    if keys_left_now(ws)? {
+        return Err(WardenError::ConcurrentKeyChange);
+    }
     announce_change()?;
     forget_all();
     Ok(())
@@ -462,6 +496,14 @@ pub fn rewrap_all() -> Result<i64, WardenError> {
     let previous = master::previous()?;
     let rows: Vec<(Uuid, i16, i32, Vec<u8>, String)> = as_extension_owner(|| {
         Spi::connect_mut(|client| {
+            // Waits for transactions still writing keys (a first use or a
+            // rotation may wrap under the previous master key until it
+            // commits) and keeps new ones out until this one commits.
+            client.update(
+                "LOCK TABLE warden.workspace_keys IN SHARE ROW EXCLUSIVE MODE",
+                None,
+                &[],
+            )?;
             let mut out = Vec::new();
             for row in client.update(
                 "SELECT workspace_id, kind, version, wrapped, master_key_id

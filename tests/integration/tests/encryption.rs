@@ -349,3 +349,115 @@ fn a_shred_reaches_a_transaction_already_holding_the_key() {
     let err = tx.query("SELECT warden.encrypt('after')", &[]).unwrap_err();
     assert_eq!(sqlstate(&err), "55000", "{err}");
 }
+
+fn keys_of(db: &str, ws: &str) -> i64 {
+    cluster()
+        .superuser(db)
+        .query_one(
+            "SELECT count(*) FROM warden.workspace_keys WHERE workspace_id = $1::text::uuid",
+            &[&ws],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Key operations are serialized by a lock, but a REPEATABLE READ
+/// transaction reads its first snapshot: what another operation committed
+/// after that snapshot (and before the lock was taken) must not be missed.
+#[test]
+fn key_operations_under_repeatable_read_see_what_committed_after_their_snapshot() {
+    setup("enc_rr");
+    let mut a = app("enc_rr");
+    a.execute("SELECT warden.encrypt('first')", &[]).unwrap();
+    // A shred whose snapshot predates a rotation would delete only the
+    // keys it can see, and the rotation's key would outlive it: refused.
+    let mut shredder = cluster().connect("enc_rr", "enc_admin").unwrap();
+    shredder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    cluster()
+        .connect("enc_rr", "enc_admin")
+        .unwrap()
+        .execute("SELECT warden.rotate_workspace_key($1::text::uuid)", &[&WS])
+        .unwrap();
+    let err = shredder
+        .execute("SELECT warden.shred_workspace($1::text::uuid)", &[&WS])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "40001", "{err}");
+    shredder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(
+        keys_of("enc_rr", WS),
+        3,
+        "data keys 1 and 2 and the index key"
+    );
+    // Retried (here at READ COMMITTED), the shred takes every key.
+    shredder
+        .execute("SELECT warden.shred_workspace($1::text::uuid)", &[&WS])
+        .unwrap();
+    assert_eq!(keys_of("enc_rr", WS), 0);
+
+    // A first use whose snapshot predates the shred of a workspace that
+    // had no keys yet does not create keys for it.
+    const FRESH: &str = "cccccccc-0000-4000-8000-0000000000f1";
+    cluster()
+        .superuser("enc_rr")
+        .execute(
+            "INSERT INTO warden.memberships VALUES ($1::text::uuid, $2::text::uuid, 'user')",
+            &[&FRESH, &USER],
+        )
+        .unwrap();
+    let mut late = cluster().connect("enc_rr", "enc_app").unwrap();
+    late.execute(
+        "SELECT warden.set_context($1::text::uuid, $2::text::uuid, false)",
+        &[&FRESH, &USER],
+    )
+    .unwrap();
+    late.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    shredder
+        .execute("SELECT warden.shred_workspace($1::text::uuid)", &[&FRESH])
+        .unwrap();
+    let err = late.query("SELECT warden.encrypt('x')", &[]).unwrap_err();
+    assert_eq!(sqlstate(&err), "55000", "{err}");
+    late.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(
+        keys_of("enc_rr", FRESH),
+        0,
+        "a shredded workspace gets no keys"
+    );
+}
+
+/// Text is encrypted as the database stores it, and decrypts in a database
+/// whose encoding is not UTF-8 (here LATIN1; the client speaks UTF-8 and
+/// the server converts both ways).
+#[test]
+fn text_round_trips_in_a_latin1_database() {
+    let c = cluster();
+    let db = "enc_latin1";
+    let mut admin = c.superuser("postgres");
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ))
+        .unwrap();
+    c.superuser(db)
+        .batch_execute(&format!(
+            "CREATE EXTENSION pg_warden;
+             INSERT INTO warden.memberships VALUES ('{WS}', '{USER}', 'user');"
+        ))
+        .unwrap();
+    c.create_login_role("enc_app", &["warden_user"]);
+    let mut client = app(db);
+    let row = client
+        .query_one(
+            "SELECT warden.decrypt(warden.encrypt('café crème'::text)),
+                    length(warden.decrypt_bytea(warden.encrypt('café'::text)))",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "café crème");
+    assert_eq!(row.get::<_, i32>(1), 4, "one byte per character in LATIN1");
+}

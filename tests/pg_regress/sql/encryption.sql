@@ -96,6 +96,14 @@ SELECT regress.error_of($$SELECT * FROM warden.envelope_info('plain text'::bytea
 
 -- A ciphertext is never encrypted twice by warden.encrypt(bytea).
 SELECT warden.encrypt(ct) = ct AS unchanged FROM public.secrets WHERE id = 1;
+-- Only a genuine one, that decrypts with the context string given: bytes
+-- merely shaped like a ciphertext of this workspace (its header, then
+-- anything) are refused rather than stored as they came.
+SELECT regress.error_of(format($$SELECT warden.encrypt(%L::bytea)$$,
+           substring(ct FROM 1 FOR 37) || '\x000102030405060708090a0b0c0d0e0f10111213'::bytea))
+  FROM public.secrets WHERE id = 1;
+SELECT regress.error_of(format($$SELECT warden.encrypt(%L::bytea, 'another context')$$, ct))
+  FROM public.secrets WHERE id = 1;
 
 -- Blind indexes: deterministic within a workspace and context.
 SELECT warden.blind_index('alice@example.com', 'users.email') AS bi \gset
