@@ -13,7 +13,10 @@ CREATE SEQUENCE warden.audit_id_seq;
 -- in a workspace (here or in audit_batches) carries the transaction's seal
 -- there: how many entries it wrote in that workspace (`seal_entries`) and
 -- the MAC of its rows' MACs, in order (`seal_mac`, on every seal), so a
--- deleted row is detectable too.
+-- deleted row is detectable too; the seal also names the newest block of
+-- its chain the writer knew of (`seal_head`, its seq, 0 for none, and
+-- `seal_head_mac`, its MAC, both under `seal_mac`), so blocks deleted and
+-- made again over fewer transactions are detectable as well.
 CREATE TABLE warden.audit_entries (
     id           bigint PRIMARY KEY,
     at           timestamptz NOT NULL,
@@ -30,7 +33,9 @@ CREATE TABLE warden.audit_entries (
     detail       json,
     mac          bytea NOT NULL,
     seal_entries integer,
-    seal_mac     bytea
+    seal_mac     bytea,
+    seal_head    bigint,
+    seal_head_mac bytea
 );
 -- A workspace's rows in order: the tenant view's index, and the one
 -- chaining reads a range of.
@@ -61,7 +66,9 @@ CREATE TABLE warden.audit_batches (
     details      json[],
     mac          bytea NOT NULL,
     seal_entries integer,
-    seal_mac     bytea
+    seal_mac     bytea,
+    seal_head    bigint,
+    seal_head_mac bytea
 );
 -- A batch's arrays are large (about 130 kB of JSON for 1,024 rows of four
 -- columns): compressed with lz4 where this PostgreSQL has it (14 or
@@ -98,7 +105,10 @@ CREATE TABLE warden.audit_blocks (
     seals        integer NOT NULL,
     purge        json,
     prev_mac     bytea,
-    mac          bytea NOT NULL
+    mac          bytea NOT NULL,
+    -- The MAC of the fields above alone: checked before the chain is
+    -- extended from this block.
+    fields_mac   bytea NOT NULL
 );
 -- One block per seq and chain; the chain outside any workspace (NULL) is
 -- its own, apart from every workspace's (the nil UUID's too).

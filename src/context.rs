@@ -551,6 +551,10 @@ unsafe extern "C-unwind" fn end_of_transaction(
         crate::keys::workspace::forget_all();
         crate::audit::forget_pending();
     }
+    // A prepared transaction may still roll back, with any block it made.
+    if event == XACT_EVENT_PREPARE {
+        crate::audit::forget_pending();
+    }
     // Claims are resolved once per transaction.
     if matches!(
         event,

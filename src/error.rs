@@ -109,6 +109,8 @@ pub enum WardenError {
          warden.purge_audit() deletes nothing from a tampered trail"
     )]
     AuditChainBroken { workspace: String, first: i64 },
+    #[error("a transaction records at most 2147483647 audit entries")]
+    AuditTooManyEntries,
     #[error("{0}() must be attached as an AFTER {1} trigger (warden.enable_audit() does that)")]
     MisattachedTrigger(&'static str, &'static str),
     #[error("permission denied, and the denial could not be recorded: {0}")]
@@ -159,6 +161,7 @@ impl WardenError {
             }
             WardenError::AuditEntriesLost => ERRCODE_TRANSACTION_ROLLBACK,
             WardenError::AuditRowsUnsealed(_) => ERRCODE_ACTIVE_SQL_TRANSACTION,
+            WardenError::AuditTooManyEntries => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             WardenError::AuditChainBroken { .. } => ERRCODE_DATA_CORRUPTED,
             WardenError::MisattachedTrigger(..) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,

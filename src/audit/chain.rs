@@ -15,6 +15,13 @@
 //! (the seal is on its last row there): transaction ids alone repeat after
 //! a dump is restored into another cluster, ids do not.
 //!
+//! Blocks are made by whoever chains, so a chain whose newest blocks were
+//! deleted would simply be made again, over whatever rows are left. Two
+//! things stop that: every seal names (under its MAC) the newest block
+//! its writer knew of, which must still be there as it was; and every
+//! block carries a MAC over its own fields, checked before the chain is
+//! extended from it.
+//!
 //! Chaining takes the chain's advisory lock: with a *try*-lock at commit
 //! (whoever gets it chains what has settled; the others go on), for certain
 //! in `verify_audit()` and `purge_audit()`; only at READ COMMITTED, whose
@@ -27,10 +34,11 @@ use crate::error::WardenError;
 use crate::keys::master;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 const BLOCK_LABEL: &[u8] = b"pg_warden/v1/audit-block";
+const BLOCK_FIELDS_LABEL: &[u8] = b"pg_warden/v1/audit-block-fields";
 
 /// The rows of chain `$1` (NULL: those outside any workspace), spelled to
 /// use the indexes that lead with `workspace_id`.
@@ -70,9 +78,36 @@ struct Block {
     /// A purge mark's JSON text.
     purge: Option<String>,
     prev_mac: Option<Vec<u8>>,
+    /// The MAC of its own fields, as stored (see [`Block::fields_mac`]).
+    stored_fields_mac: Vec<u8>,
 }
 
 impl Block {
+    /// The MAC of its own fields alone (no seals): what chaining checks of
+    /// the newest block before extending it (reading its seals again would
+    /// cost as much as making it). A block edited to settle early (its
+    /// `next_xid`, `next_to_id`) is not extended.
+    fn fields_mac(&self, key: &Key32) -> [u8; MAC_LEN] {
+        let mut mac = FieldsMac::new(key, BLOCK_FIELDS_LABEL);
+        mac.field(self.workspace.as_ref().map_or(&[][..], |w| &w[..]));
+        for n in [
+            self.seq,
+            self.from_id,
+            self.to_id,
+            self.next_to_id,
+            self.next_xid,
+        ] {
+            mac.field(&n.to_be_bytes());
+        }
+        mac.field(self.purge.as_deref().unwrap_or("").as_bytes())
+            .field(self.prev_mac.as_deref().unwrap_or(&[]));
+        mac.finish()
+    }
+
+    fn fields_hold(&self, key: &Key32) -> bool {
+        self.fields_mac(key).as_slice() == self.stored_fields_mac.as_slice()
+    }
+
     /// Its MAC: its fields, then each seal it covers (row id, transaction
     /// id, entries, MAC) as one field.
     fn mac(&self, key: &Key32, seals: &[SealRow]) -> [u8; MAC_LEN] {
@@ -154,6 +189,64 @@ fn due_to_chain() -> bool {
     due
 }
 
+/// The chains' newest blocks a backend knows of, by chain.
+pub type Heads = HashMap<Option<[u8; 16]>, macs::Head>;
+
+/// What this backend last read of each chain's newest block, and when (a
+/// transaction start time). Only committed blocks: read by a query, never
+/// taken from a block this backend is still making.
+type KnownHeads = HashMap<Option<[u8; 16]>, (macs::Head, i64)>;
+static HEADS: BackendLocal<RefCell<Option<KnownHeads>>> = BackendLocal::new(RefCell::new(None));
+
+/// How many chains' heads a backend keeps (then it starts over).
+const HEADS_KEPT: usize = 1024;
+
+/// The newest block of each of these chains, as a seal names it: read at
+/// most once a second per chain and backend (a seal may name a block a
+/// second or two old: it proves the chain up to there).
+pub fn heads(workspaces: &[Option<[u8; 16]>]) -> Result<Heads, WardenError> {
+    // SAFETY: reads the transaction's start time.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let mut out = Heads::new();
+    for &workspace in workspaces {
+        if out.contains_key(&workspace) {
+            continue;
+        }
+        let known = HEADS
+            .borrow()
+            .as_ref()
+            .and_then(|known| known.get(&workspace))
+            .filter(|(_, at)| now.saturating_sub(*at) < CHAIN_INTERVAL)
+            .map(|(head, _)| head.clone());
+        let head = match known {
+            Some(head) => head,
+            None => {
+                let head = as_extension_owner(|| last_block(workspace))?
+                    .map(|(block, mac)| macs::Head {
+                        seq: block.seq,
+                        mac,
+                    })
+                    .unwrap_or_default();
+                let mut cache = HEADS.borrow_mut();
+                let cache = cache.get_or_insert_with(HashMap::new);
+                if cache.len() >= HEADS_KEPT {
+                    cache.clear();
+                }
+                cache.insert(workspace, (head.clone(), now));
+                head
+            }
+        };
+        out.insert(workspace, head);
+    }
+    Ok(out)
+}
+
+/// Forgets the heads read (a transaction rolled back: what it read may
+/// have been its own).
+pub fn forget_heads() {
+    *HEADS.borrow_mut() = None;
+}
+
 /// The newest block of a chain and its MAC.
 fn last_block(workspace: Option<[u8; 16]>) -> Result<Option<(Block, Vec<u8>)>, WardenError> {
     let query = blocks_query(workspace, "ORDER BY seq DESC LIMIT 1");
@@ -167,7 +260,8 @@ fn last_block(workspace: Option<[u8; 16]>) -> Result<Option<(Block, Vec<u8>)>, W
 /// The blocks of chain `$1`, in the given order.
 fn blocks_query(workspace: Option<[u8; 16]>, order: &str) -> String {
     format!(
-        "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::pg_catalog.text, prev_mac, mac
+        "SELECT seq, from_id, to_id, next_to_id, next_xid, purge::pg_catalog.text, prev_mac, mac,
+                fields_mac
            FROM warden.audit_blocks WHERE {} {order}",
         chain_rows(workspace)
     )
@@ -188,6 +282,7 @@ fn block_of(
             next_xid: row.get::<i64>(5)?.unwrap_or(0),
             purge: row.get::<String>(6)?,
             prev_mac: row.get::<Vec<u8>>(7)?,
+            stored_fields_mac: row.get::<Vec<u8>>(9)?.unwrap_or_default(),
         },
         row.get::<Vec<u8>>(8)?.unwrap_or_default(),
     ))
@@ -294,14 +389,19 @@ fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
             next_xid,
             purge: None,
             prev_mac: None,
+            stored_fields_mac: Vec::new(),
         };
-        return insert_block(&first, &first.mac(key, &[]), 0);
+        return insert_block(key, &first, &first.mac(key, &[]), 0);
     };
     // Settled: every transaction below the last block's `next_xid` has
     // ended, this one aside if its rows are whole (it has written none yet,
     // or it is committing: its last write, with the seals, is done); or
     // that mark was set in another cluster, which this one has not reached
     // (a restore: all of that cluster's transactions have ended).
+    if !last.fields_hold(key) {
+        // Edited: verify_audit() reports it; nothing is built on it.
+        return Ok(());
+    }
     let settled = last.next_xid > next_xid
         || (!super::pending::written_any() && others_ended_below(last.next_xid)?);
     let next_to_id = high.max(last.next_to_id);
@@ -318,15 +418,16 @@ fn chain(key: &Key32, workspace: Option<[u8; 16]>) -> Result<(), WardenError> {
         next_xid,
         purge: None,
         prev_mac: Some(last_mac),
+        stored_fields_mac: Vec::new(),
     };
-    insert_block(&block, &block.mac(key, &seals), seals.len())
+    insert_block(key, &block, &block.mac(key, &seals), seals.len())
 }
 
-fn insert_block(block: &Block, mac: &[u8], seals: usize) -> Result<(), WardenError> {
+fn insert_block(key: &Key32, block: &Block, mac: &[u8], seals: usize) -> Result<(), WardenError> {
     execute(
         "INSERT INTO warden.audit_blocks (workspace_id, seq, from_id, to_id, next_to_id, next_xid,
-                                          seals, purge, prev_mac, mac)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::pg_catalog.json, $9, $10)",
+                                          seals, purge, prev_mac, mac, fields_mac)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::pg_catalog.json, $9, $10, $11)",
         &[
             block.workspace.map(Uuid::from_bytes).into(),
             block.seq.into(),
@@ -338,6 +439,7 @@ fn insert_block(block: &Block, mac: &[u8], seals: usize) -> Result<(), WardenErr
             block.purge.as_deref().into(),
             block.prev_mac.clone().into(),
             mac.to_vec().into(),
+            block.fields_mac(key).to_vec().into(),
         ],
     )?;
     Ok(())
@@ -423,9 +525,16 @@ struct StoredRow {
     entries: i64,
     mac: Vec<u8>,
     valid: bool,
-    /// Its seal (entries, MAC), on a transaction's last row.
-    seal: Option<(i32, Vec<u8>)>,
+    /// Its seal, on a transaction's last row.
+    seal: Option<StoredSeal>,
     batch: bool,
+}
+
+/// A seal as stored: entries, MAC, the block it names.
+struct StoredSeal {
+    entries: i32,
+    mac: Vec<u8>,
+    head: macs::Head,
 }
 
 /// Every row of a chain, with whether its MAC holds, in id order. One
@@ -438,13 +547,13 @@ fn stored_rows(key: &Key32, workspace: Option<[u8; 16]>) -> Result<Vec<StoredRow
         "SELECT false, id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
                 db_role, action, target, ARRAY[row_key::pg_catalog.text],
                 ARRAY[old_values::pg_catalog.text], ARRAY[new_values::pg_catalog.text],
-                ARRAY[detail::pg_catalog.text], 1
+                ARRAY[detail::pg_catalog.text], 1, seal_head, seal_head_mac
            FROM warden.audit_entries WHERE {chain}
          UNION ALL
          SELECT true, id, txid, txn_seq, mac, seal_entries, seal_mac, at, workspace_id, actor,
                 db_role, action, target, row_keys::pg_catalog.text[],
                 old_values::pg_catalog.text[], new_values::pg_catalog.text[],
-                details::pg_catalog.text[], entries
+                details::pg_catalog.text[], entries, seal_head, seal_head_mac
            FROM warden.audit_batches WHERE {chain}"
     );
     let mut out = Vec::new();
@@ -457,11 +566,24 @@ fn stored_rows(key: &Key32, workspace: Option<[u8; 16]>) -> Result<Vec<StoredRow
                 row.get::<i32>(4)?.unwrap_or_default(),
             );
             let stored_mac = row.get::<Vec<u8>>(5)?.unwrap_or_default();
-            let seal = match (row.get::<i32>(6)?, row.get::<Vec<u8>>(7)?) {
-                (Some(n), Some(mac)) => Some((n, mac)),
-                (None, None) => None,
-                // Half a seal: it closes the transaction, and cannot match.
-                _ => Some((-1, Vec::new())),
+            let seal = match (
+                row.get::<i32>(6)?,
+                row.get::<Vec<u8>>(7)?,
+                row.get::<i64>(19)?,
+                row.get::<Vec<u8>>(20)?,
+            ) {
+                (Some(entries), Some(mac), Some(seq), Some(head_mac)) => Some(StoredSeal {
+                    entries,
+                    mac,
+                    head: macs::Head { seq, mac: head_mac },
+                }),
+                (None, None, None, None) => None,
+                // Part of a seal: it closes the transaction, and cannot match.
+                _ => Some(StoredSeal {
+                    entries: -1,
+                    mac: Vec::new(),
+                    head: macs::Head::default(),
+                }),
             };
             let at = row
                 .get::<TimestampWithTimeZone>(8)?
@@ -629,6 +751,14 @@ fn first_broken(
     let mut broken: Option<i64> = rows.iter().filter(|r| !r.valid).map(|r| r.id).min();
     let mut flag = |id: i64| broken = Some(broken.map_or(id, |b| b.min(id)));
 
+    // Ids are unique (a row copied in under its own id, the primary key
+    // dropped, would otherwise read as a second, complete transaction).
+    for pair in rows.windows(2) {
+        if pair[0].id == pair[1].id {
+            flag(pair[1].id);
+        }
+    }
+
     // Each seal must match the rows it closes (their MACs in txn_seq
     // order); rows no seal closes were inserted behind pg_warden's back
     // (or their seal was deleted); a transaction sealed at or below where
@@ -641,7 +771,7 @@ fn first_broken(
             flag(first);
             continue;
         };
-        let Some((sealed_entries, sealed_mac)) = &rows[s].seal else {
+        let Some(sealed) = &rows[s].seal else {
             continue;
         };
         let mut members: Vec<&StoredRow> = group.iter().map(|&i| &rows[i]).collect();
@@ -652,11 +782,23 @@ fn first_broken(
             workspace,
             rows[s].txid,
             entries,
+            &sealed.head,
             members.iter().map(|r| r.mac.as_slice()),
         );
-        let holds = mac.as_slice() == sealed_mac.as_slice();
+        let holds = mac.as_slice() == sealed.mac.as_slice();
         let purged = anchor.as_ref().is_some_and(|a| rows[s].id <= a.through_id);
-        if i64::from(*sealed_entries) != entries || !holds || purged {
+        // The block it names must be there as it was (or purged: older
+        // than the block the newest purge mark anchors to).
+        let head = &sealed.head;
+        let head_holds = match &anchor {
+            _ if head.seq == 0 => head.mac.is_empty(),
+            Some(a) if head.seq < a.through_seq => true,
+            Some(a) if head.seq == a.through_seq => head.mac == a.through_mac,
+            _ => blocks
+                .iter()
+                .any(|(b, mac)| b.seq == head.seq && *mac == head.mac),
+        };
+        if i64::from(sealed.entries) != entries || !holds || purged || !head_holds {
             flag(first);
         }
     }
@@ -667,11 +809,11 @@ fn first_broken(
     let seals: Vec<SealRow> = rows
         .iter()
         .filter_map(|r| {
-            r.seal.as_ref().map(|(n, mac)| SealRow {
+            r.seal.as_ref().map(|seal| SealRow {
                 id: r.id,
                 txid: r.txid,
-                entries: *n,
-                mac: mac.clone(),
+                entries: seal.entries,
+                mac: seal.mac.clone(),
             })
         })
         .collect();
@@ -688,7 +830,10 @@ fn first_broken(
         let linked = block.seq == expected_seq
             && block.prev_mac == expected_prev
             && block.from_id == expected_from;
-        if !linked || block.mac(key, &covered).as_slice() != mac.as_slice() {
+        if !linked
+            || !block.fields_hold(key)
+            || block.mac(key, &covered).as_slice() != mac.as_slice()
+        {
             // It shows at the first row after where it starts, or should
             // (the previous block's end: a broken block's own fields are
             // not to be trusted); with no row after that, at the id
@@ -804,8 +949,9 @@ fn purge_chain(
         next_xid: last.next_xid,
         purge: Some(purge.to_string()),
         prev_mac: Some(last_mac.clone()),
+        stored_fields_mac: Vec::new(),
     };
-    insert_block(&mark, &mark.mac(key, &[]), 0)?;
+    insert_block(key, &mark, &mark.mac(key, &[]), 0)?;
     for (table, ids) in [("audit_entries", entry_ids), ("audit_batches", batch_ids)] {
         for chunk in ids.chunks(10_000) {
             Spi::run_with_args(

@@ -86,20 +86,33 @@ pub fn batch_mac<'a, T: IntoIterator<Item = &'a [u8]>>(
     mac.finish()
 }
 
+/// The newest block of a chain a seal's writer knew of: its seq (0: none
+/// yet) and its MAC (empty for none). A seal covers it, so a block deleted
+/// and made again over fewer transactions no longer matches the seals
+/// written after it.
+#[derive(Clone, Default, PartialEq, Debug)]
+pub struct Head {
+    pub seq: i64,
+    pub mac: Vec<u8>,
+}
+
 /// The MAC of a transaction's seal in a workspace: how many entries it
-/// wrote there, and the MACs of the rows holding them (entries and
-/// batches), in order.
+/// wrote there, the newest block of the chain its writer knew of, and the
+/// MACs of the rows holding them (entries and batches), in order.
 pub fn seal_mac<'a>(
     key: &Key32,
     workspace: Option<[u8; 16]>,
     txid: i64,
     entries: i64,
+    head: &Head,
     row_macs: impl Iterator<Item = &'a [u8]>,
 ) -> [u8; MAC_LEN] {
     let mut mac = FieldsMac::new(key, SEAL_LABEL);
     mac.field(workspace.as_ref().map_or(&[][..], |w| &w[..]))
         .field(&txid.to_be_bytes())
-        .field(&(entries as u64).to_be_bytes());
+        .field(&(entries as u64).to_be_bytes())
+        .field(&head.seq.to_be_bytes())
+        .field(&head.mac);
     for m in row_macs {
         mac.field(m);
     }

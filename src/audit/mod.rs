@@ -18,7 +18,9 @@
 //!   written before commit). A deleted entry or batch breaks its
 //!   transaction's seal;
 //! - seals are chained per workspace in blocks (see `chain`). A deleted
-//!   transaction (rows and seal) breaks its block.
+//!   transaction (rows and seal) breaks its block; a seal also names the
+//!   newest block its writer knew of, so blocks deleted and made again
+//!   over fewer transactions break the seals written after them.
 //!
 //! Writers never wait for each other: rows and seals are written without
 //! locks, and chaining takes a *try*-lock at commit. So every committed
@@ -274,7 +276,7 @@ pub fn record_as(
         entry.new_values,
         entry.detail,
     ];
-    if pending::push(txid, head, values) {
+    if pending::push(txid, head, values)? {
         pending::flush(false)?;
     }
     Ok(())
@@ -330,7 +332,9 @@ pub fn forget_subtransaction(subxact: pg_sys::SubTransactionId) {
     pending::forget_subtransaction(subxact);
 }
 
-/// Forgets what an aborted transaction recorded.
+/// Forgets what an aborted (or prepared) transaction recorded, and the
+/// chains' heads it read (they may have been its own blocks).
 pub fn forget_pending() {
     pending::forget();
+    chain::forget_heads();
 }

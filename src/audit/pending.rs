@@ -198,7 +198,7 @@ fn writable_from(runs: &[Run], current: pg_sys::SubTransactionId) -> usize {
 
 /// Buffers an entry of transaction `txid`; says whether the buffer is
 /// full (the caller then writes it).
-pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> bool {
+pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> Result<bool, WardenError> {
     head.present = values
         .iter()
         .zip(VALUE_BITS)
@@ -219,7 +219,10 @@ pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> bool {
             lost: Vec::new(),
         }),
     };
-    p.next_seq += 1;
+    p.next_seq = p
+        .next_seq
+        .checked_add(1)
+        .ok_or(WardenError::AuditTooManyEntries)?;
     if p.runs.last().is_none_or(|r| r.held || r.head != head) {
         p.runs.push(Run {
             head,
@@ -249,7 +252,14 @@ pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> bool {
         }
     };
     p.share = Some((subxact, entries, bytes));
-    entries >= MAX_BUFFERED || bytes >= MAX_BUFFERED_BYTES
+    Ok(entries >= MAX_BUFFERED || bytes >= MAX_BUFFERED_BYTES)
+}
+
+/// A transaction's seal in a workspace, on its last row there.
+struct Seal {
+    entries: i32,
+    mac: [u8; MAC_LEN],
+    head: macs::Head,
 }
 
 /// A row to write: entries `from .. from + count` of a run, as a batch or
@@ -262,8 +272,8 @@ struct Row {
     count: usize,
     batch: bool,
     mac: [u8; MAC_LEN],
-    /// On each workspace's last row, at commit: the seal (entries, MAC).
-    seal: Option<(i64, [u8; MAC_LEN])>,
+    /// On each workspace's last row, at commit: the seal.
+    seal: Option<Seal>,
 }
 
 /// Writes what is buffered (as the trail's owner): when the buffer is full
@@ -301,8 +311,17 @@ pub fn flush(at_commit: bool) -> Result<(), WardenError> {
     if rows.is_empty() {
         // (At commit: nothing left to carry a seal is fine only if nothing
         // was written either.)
-        return seal(&keys.audit, txid, &runs, &mut rows);
+        return seal(&keys.audit, txid, &runs, &mut rows, &Default::default());
     }
+    // The chains' newest blocks the seals name (a query, now and then: so
+    // before the part that runs none).
+    let heads = if at_commit {
+        let workspaces: Vec<Option<[u8; 16]>> =
+            rows.iter().map(|r| runs[r.run].head.workspace).collect();
+        super::chain::heads(&workspaces)?
+    } else {
+        Default::default()
+    };
     let mut in_flight = InFlight(runs.iter().map(|r| r.head.subxact).collect());
     // As the trail's owner (nextval and the tables need its rights); no
     // query runs here, so the caller's search path is not pinned.
@@ -322,7 +341,7 @@ pub fn flush(at_commit: bool) -> Result<(), WardenError> {
             row.mac = row_mac(&keys.audit, txid, &runs[row.run], row);
         }
         if at_commit {
-            seal(&keys.audit, txid, &runs, &mut rows)?;
+            seal(&keys.audit, txid, &runs, &mut rows, &heads)?;
         }
         write(txid, &runs, &rows)
     })?;
@@ -392,6 +411,7 @@ fn seal(
     txid: i64,
     runs: &[Run],
     rows: &mut [Row],
+    heads: &super::chain::Heads,
 ) -> Result<(), WardenError> {
     /// A row of the transaction, written before (`row` None) or now.
     struct Sealed {
@@ -433,14 +453,17 @@ fn seal(
             .and_then(|s| s.row)
             .ok_or(WardenError::AuditEntriesLost)?;
         let entries: usize = chunk.iter().map(|s| s.entries).sum();
+        let entries = i32::try_from(entries).map_err(|_| WardenError::AuditTooManyEntries)?;
+        let head = heads.get(&chunk[0].workspace).cloned().unwrap_or_default();
         let mac = macs::seal_mac(
             key,
             chunk[0].workspace,
             txid,
-            entries as i64,
+            i64::from(entries),
+            &head,
             chunk.iter().map(|s| &s.mac[..]),
         );
-        rows[last].seal = Some((entries as i64, mac));
+        rows[last].seal = Some(Seal { entries, mac, head });
     }
     Ok(())
 }
@@ -496,6 +519,8 @@ static ENTRY_COLUMNS: &[&str] = &[
     "mac",
     "seal_entries",
     "seal_mac",
+    "seal_head",
+    "seal_head_mac",
 ];
 
 static BATCH_COLUMNS: &[&str] = &[
@@ -516,6 +541,8 @@ static BATCH_COLUMNS: &[&str] = &[
     "mac",
     "seal_entries",
     "seal_mac",
+    "seal_head",
+    "seal_head_mac",
 ];
 
 /// The trail's id sequence (each row, an entry or a batch, takes one
@@ -538,10 +565,15 @@ fn write<'a>(txid: i64, runs: &'a [Run], rows: &[Row]) -> Result<(), WardenError
     fn text(v: Option<&str>) -> Value<'_> {
         v.map_or(Value::Null, Value::Text)
     }
-    fn seal_values(seal: &Option<(i64, [u8; MAC_LEN])>) -> [Value<'_>; 2] {
+    fn seal_values(seal: &Option<Seal>) -> [Value<'_>; 4] {
         match seal {
-            Some((n, mac)) => [Value::Int4(*n as i32), Value::Bytea(mac)],
-            None => [Value::Null, Value::Null],
+            Some(s) => [
+                Value::Int4(s.entries),
+                Value::Bytea(&s.mac),
+                Value::Int8(s.head.seq),
+                Value::Bytea(&s.head.mac),
+            ],
+            None => [Value::Null, Value::Null, Value::Null, Value::Null],
         }
     }
     let (mut entries, mut batches) = (None, None);
@@ -550,7 +582,7 @@ fn write<'a>(txid: i64, runs: &'a [Run], rows: &[Row]) -> Result<(), WardenError
         let head = &run.head;
         let id = row.id;
         let txn_seq = run.first_seq + row.from as i32;
-        let [seal_entries, seal_mac] = seal_values(&row.seal);
+        let [seal_entries, seal_mac, seal_head, seal_head_mac] = seal_values(&row.seal);
         if row.batch {
             let appender = match &mut batches {
                 Some(a) => a,
@@ -589,6 +621,8 @@ fn write<'a>(txid: i64, runs: &'a [Run], rows: &[Row]) -> Result<(), WardenError
                 Value::Bytea(&row.mac),
                 seal_entries,
                 seal_mac,
+                seal_head,
+                seal_head_mac,
             ])?;
         } else {
             let appender = match &mut entries {
@@ -614,6 +648,8 @@ fn write<'a>(txid: i64, runs: &'a [Run], rows: &[Row]) -> Result<(), WardenError
                 Value::Bytea(&row.mac),
                 seal_entries,
                 seal_mac,
+                seal_head,
+                seal_head_mac,
             ])?;
         }
     }
@@ -696,13 +732,13 @@ mod tests {
     fn a_write_that_holds_everything_back_is_not_asked_again() {
         let txid = -1;
         let full: Vec<bool> = (0..MAX_BUFFERED as u32)
-            .map(|w| push(txid, entry_in(w), [None, None, None, Some(b"{}".to_vec())]))
+            .map(|w| push(txid, entry_in(w), [None, None, None, Some(b"{}".to_vec())]).unwrap())
             .collect();
         assert_eq!(full.iter().position(|&f| f), Some(MAX_BUFFERED - 1));
         flush(false).unwrap();
         assert!(!written_any(), "every entry is some workspace's newest");
         let asked = (0..100u32)
-            .filter(|w| push(txid, entry_in(w + 1_000_000), [None, None, None, None]))
+            .filter(|w| push(txid, entry_in(w + 1_000_000), [None, None, None, None]).unwrap())
             .count();
         forget();
         assert_eq!(asked, 0);
@@ -720,7 +756,7 @@ mod tests {
             unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
         unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
         for w in 0..MAX_BUFFERED as u32 {
-            push(txid, entry_in(w), [None, None, None, Some(b"{}".to_vec())]);
+            push(txid, entry_in(w), [None, None, None, Some(b"{}".to_vec())]).unwrap();
         }
         flush(false).unwrap();
         unsafe {
@@ -729,7 +765,7 @@ mod tests {
             pg_sys::CurrentResourceOwner = owner;
         }
         let full = (0..2 * MAX_BUFFERED as u32)
-            .position(|_| push(txid, entry_in(7), [None, None, None, None]));
+            .position(|_| push(txid, entry_in(7), [None, None, None, None]).unwrap());
         forget();
         assert_eq!(full, Some(MAX_BUFFERED - 1));
     }

@@ -220,6 +220,70 @@ SELECT workspace_id = (SELECT workspace_id FROM victim) AS its_chain, intact,
        first_broken_id > (SELECT from_id FROM victim) AS after_its_start
   FROM warden.verify_audit() WHERE NOT intact;
 ROLLBACK;
+-- Blocks deleted and made again over fewer transactions are found too:
+-- each seal names the newest block of its chain its writer knew of (read
+-- at most once a second, hence the pause), and that block's MAC.
+SELECT count(*) > 0 AS chained FROM warden.verify_audit();
+SELECT pg_sleep(1.1);
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
+SELECT warden.log_event('later', 'x');
+SELECT warden.clear_context();
+CREATE TEMP TABLE named AS
+SELECT workspace_id, seal_head AS seq FROM warden.audit_entries WHERE action = 'later';
+SELECT n.seq > 0 AS names_a_block,
+       (SELECT b.mac FROM warden.audit_blocks AS b
+         WHERE b.workspace_id = n.workspace_id AND b.seq = n.seq) = e.seal_head_mac AS with_its_mac
+  FROM named AS n, warden.audit_entries AS e WHERE e.action = 'later';
+CREATE TEMP TABLE victim_block AS
+SELECT b.workspace_id, b.seq, b.from_id, b.to_id FROM warden.audit_blocks AS b, named AS n
+ WHERE b.workspace_id = n.workspace_id AND b.seq <= n.seq AND b.seals > 0
+ ORDER BY b.seq DESC LIMIT 1;
+BEGIN;
+CREATE TEMP TABLE victim_txn AS
+SELECT e.workspace_id, e.txid FROM warden.audit_entries AS e, victim_block AS v
+ WHERE e.workspace_id = v.workspace_id AND e.id > v.from_id AND e.id <= v.to_id
+   AND e.seal_entries IS NOT NULL ORDER BY e.id LIMIT 1;
+SET LOCAL session_replication_role = replica;
+DELETE FROM warden.audit_entries AS e USING victim_txn AS t
+ WHERE e.workspace_id = t.workspace_id AND e.txid = t.txid;
+DELETE FROM warden.audit_batches AS e USING victim_txn AS t
+ WHERE e.workspace_id = t.workspace_id AND e.txid = t.txid;
+DELETE FROM warden.audit_blocks AS b USING victim_block AS v
+ WHERE b.workspace_id = v.workspace_id AND b.seq >= v.seq;
+RESET session_replication_role;
+SELECT workspace_id, intact FROM warden.verify_audit() WHERE NOT intact;
+ROLLBACK;
+-- A row copied in under its own id (its primary key dropped first) is
+-- found: ids are unique. (Rolled back after.)
+BEGIN;
+ALTER TABLE warden.audit_entries DROP CONSTRAINT audit_entries_pkey;
+SET LOCAL session_replication_role = replica;
+INSERT INTO warden.audit_entries SELECT * FROM warden.audit_entries WHERE action = 'later';
+RESET session_replication_role;
+SELECT workspace_id, intact,
+       first_broken_id = (SELECT min(id) FROM warden.audit_entries WHERE action = 'later') AS at_the_copy
+  FROM warden.verify_audit() WHERE NOT intact;
+ROLLBACK;
+-- Nothing is built on a block whose own fields were edited (here its
+-- transaction mark, to make the next block settle at once, before
+-- transactions still running had sealed): it is reported instead.
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
+SELECT warden.log_event('later still', 'x');
+SELECT warden.clear_context();
+BEGIN;
+CREATE TEMP TABLE blocks_before AS
+SELECT max(seq) AS seq, count(*) AS n FROM warden.audit_blocks
+ WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000';
+SET LOCAL session_replication_role = replica;
+UPDATE warden.audit_blocks SET next_xid = 4611686018427387904
+ WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000' AND seq = (SELECT seq FROM blocks_before);
+RESET session_replication_role;
+SELECT workspace_id, intact FROM warden.verify_audit() WHERE NOT intact;
+SELECT count(*) = (SELECT n FROM blocks_before) AS not_extended FROM warden.audit_blocks
+ WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000';
+ROLLBACK;
 
 -- Disabling audit detaches the triggers; no more entries.
 SET ROLE regress_owner;
@@ -591,7 +655,7 @@ INSERT INTO warden.audit_blocks
 SELECT workspace_id, seq + 1, to_id, to_id, next_to_id, next_xid, 0,
        json_build_object('purged_through_seq', seq, 'purged_through_id', to_id,
                          'anchor_mac', encode(mac, 'hex')),
-       mac, mac
+       mac, mac, fields_mac
   FROM warden.audit_blocks WHERE workspace_id = 'aaaaaaaa-0000-4000-8000-000000000000'
  ORDER BY seq DESC LIMIT 1;
 RESET session_replication_role;
