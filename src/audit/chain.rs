@@ -89,19 +89,26 @@ impl Block {
     /// `next_xid`, `next_to_id`) is not extended.
     fn fields_mac(&self, key: &Key32) -> [u8; MAC_LEN] {
         let mut mac = FieldsMac::new(key, BLOCK_FIELDS_LABEL);
+        self.feed(&mut mac, None);
+        mac.finish()
+    }
+
+    /// Its fields into `mac` (with the number of seals it covers, if given,
+    /// after `next_xid`).
+    fn feed(&self, mac: &mut FieldsMac, seals: Option<usize>) {
         mac.field(self.workspace.as_ref().map_or(&[][..], |w| &w[..]));
-        for n in [
+        let numbers = [
             self.seq,
             self.from_id,
             self.to_id,
             self.next_to_id,
             self.next_xid,
-        ] {
+        ];
+        for n in numbers.into_iter().chain(seals.map(|n| n as i64)) {
             mac.field(&n.to_be_bytes());
         }
         mac.field(self.purge.as_deref().unwrap_or("").as_bytes())
             .field(self.prev_mac.as_deref().unwrap_or(&[]));
-        mac.finish()
     }
 
     fn fields_hold(&self, key: &Key32) -> bool {
@@ -112,19 +119,7 @@ impl Block {
     /// id, entries, MAC) as one field.
     fn mac(&self, key: &Key32, seals: &[SealRow]) -> [u8; MAC_LEN] {
         let mut mac = FieldsMac::new(key, BLOCK_LABEL);
-        mac.field(self.workspace.as_ref().map_or(&[][..], |w| &w[..]));
-        for n in [
-            self.seq,
-            self.from_id,
-            self.to_id,
-            self.next_to_id,
-            self.next_xid,
-            seals.len() as i64,
-        ] {
-            mac.field(&n.to_be_bytes());
-        }
-        mac.field(self.purge.as_deref().unwrap_or("").as_bytes())
-            .field(self.prev_mac.as_deref().unwrap_or(&[]));
+        self.feed(&mut mac, Some(seals.len()));
         for s in seals {
             let (id, txid, entries) = (
                 s.id.to_be_bytes(),

@@ -204,26 +204,26 @@ pub fn is_shredded(ws: &[u8; 16]) -> Result<bool, WardenError> {
 /// Whether the workspace is shredded, as of now (see `true_now`): for the
 /// operations serialized by [`lock_keys`], at any isolation level.
 fn shredded_now(ws: &[u8; 16]) -> Result<bool, WardenError> {
-    let uuid = Uuid::from_bytes(*ws);
-    as_extension_owner(|| {
-        true_now(
-            c"SELECT EXISTS (SELECT FROM warden.shredded_workspaces
-                              WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
-            &[uuid.into()],
-        )
-    })
+    exists_now(
+        c"SELECT EXISTS (SELECT FROM warden.shredded_workspaces
+                          WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
+        ws,
+    )
 }
 
-/// Whether any key of the workspace is left, as of now (see `true_now`).
+/// Whether any key of the workspace is left, as of now.
 fn keys_left_now(ws: &[u8; 16]) -> Result<bool, WardenError> {
+    exists_now(
+        c"SELECT EXISTS (SELECT FROM warden.workspace_keys
+                          WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
+        ws,
+    )
+}
+
+/// `query` about workspace `$1`, as of now, as the extension's owner.
+fn exists_now(query: &std::ffi::CStr, ws: &[u8; 16]) -> Result<bool, WardenError> {
     let uuid = Uuid::from_bytes(*ws);
-    as_extension_owner(|| {
-        true_now(
-            c"SELECT EXISTS (SELECT FROM warden.workspace_keys
-                              WHERE workspace_id OPERATOR(pg_catalog.=) $1)",
-            &[uuid.into()],
-        )
-    })
+    as_extension_owner(|| true_now(query, &[uuid.into()]))
 }
 
 fn unwrap_stored(
