@@ -190,7 +190,9 @@ pub type Heads = HashMap<Option<[u8; 16]>, macs::Head>;
 /// What this backend last read of each chain's newest block, and when (a
 /// transaction start time). Only committed blocks: read by a query, never
 /// taken from a block this backend is still making.
-type KnownHeads = HashMap<Option<[u8; 16]>, (macs::Head, i64)>;
+/// (the relations generation they were read at: a trail dropped and made
+/// again is another trail; by chain, the head and when it was read.)
+type KnownHeads = (u64, HashMap<Option<[u8; 16]>, (macs::Head, i64)>);
 static HEADS: BackendLocal<RefCell<Option<KnownHeads>>> = BackendLocal::new(RefCell::new(None));
 
 /// How many chains' heads a backend keeps (then it starts over).
@@ -202,6 +204,7 @@ const HEADS_KEPT: usize = 1024;
 pub fn heads(workspaces: &[Option<[u8; 16]>]) -> Result<Heads, WardenError> {
     // SAFETY: reads the transaction's start time.
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let generation = crate::backend::relations_generation();
     let mut out = Heads::new();
     for &workspace in workspaces {
         if out.contains_key(&workspace) {
@@ -210,7 +213,8 @@ pub fn heads(workspaces: &[Option<[u8; 16]>]) -> Result<Heads, WardenError> {
         let known = HEADS
             .borrow()
             .as_ref()
-            .and_then(|known| known.get(&workspace))
+            .filter(|(at, _)| *at == generation)
+            .and_then(|(_, known)| known.get(&workspace))
             .filter(|(_, at)| now.saturating_sub(*at) < CHAIN_INTERVAL)
             .map(|(head, _)| head.clone());
         let head = match known {
@@ -223,10 +227,11 @@ pub fn heads(workspaces: &[Option<[u8; 16]>]) -> Result<Heads, WardenError> {
                     })
                     .unwrap_or_default();
                 let mut cache = HEADS.borrow_mut();
-                let cache = cache.get_or_insert_with(HashMap::new);
-                if cache.len() >= HEADS_KEPT {
-                    cache.clear();
+                let cache = cache.get_or_insert_with(|| (generation, HashMap::new()));
+                if cache.0 != generation || cache.1.len() >= HEADS_KEPT {
+                    *cache = (generation, HashMap::new());
                 }
+                let cache = &mut cache.1;
                 cache.insert(workspace, (head.clone(), now));
                 head
             }
@@ -295,7 +300,8 @@ fn seals_between(
         format!(
             "SELECT id, txid, seal_entries, seal_mac FROM warden.{table}
               WHERE {chain} AND id OPERATOR(pg_catalog.>) $2 AND id OPERATOR(pg_catalog.<=) $3
-                AND (seal_entries IS NOT NULL OR seal_mac IS NOT NULL)"
+                AND (seal_entries IS NOT NULL OR seal_mac IS NOT NULL
+                     OR seal_head IS NOT NULL OR seal_head_mac IS NOT NULL)"
         )
     };
     let query = format!(

@@ -454,7 +454,10 @@ fn seal(
             .ok_or(WardenError::AuditEntriesLost)?;
         let entries: usize = chunk.iter().map(|s| s.entries).sum();
         let entries = i32::try_from(entries).map_err(|_| WardenError::AuditTooManyEntries)?;
-        let head = heads.get(&chunk[0].workspace).cloned().unwrap_or_default();
+        let head = heads
+            .get(&chunk[0].workspace)
+            .cloned()
+            .ok_or_else(|| WardenError::Internal("no chain head for a seal".into()))?;
         let mac = macs::seal_mac(
             key,
             chunk[0].workspace,

@@ -524,6 +524,19 @@ pub fn rewrap_all() -> Result<i64, WardenError> {
             Ok::<_, WardenError>(out)
         })
     })?;
+    // Under REPEATABLE READ or SERIALIZABLE the rows above are those of the
+    // transaction's snapshot, taken before the lock was granted: a key
+    // written meanwhile would stay under the previous master key, unseen.
+    let all_seen = as_extension_owner(|| {
+        true_now(
+            c"SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) $2 FROM warden.workspace_keys
+               WHERE master_key_id OPERATOR(pg_catalog.<>) $1",
+            &[current.id.as_str().into(), (rows.len() as i64).into()],
+        )
+    })?;
+    if !all_seen {
+        return Err(WardenError::ConcurrentKeyChange);
+    }
     let mut count = 0;
     for (uuid, kind, version, wrapped, master_key_id) in rows {
         let Some(previous) = previous.as_ref().filter(|p| p.id == master_key_id) else {
@@ -540,7 +553,13 @@ pub fn rewrap_all() -> Result<i64, WardenError> {
             wrapped,
             master_key_id,
         };
-        let key = unwrap_stored(previous, &ws, kind, &stored)?;
+        let key = match unwrap_stored(previous, &ws, kind, &stored) {
+            Ok(key) => key,
+            // A key of a shredded workspace (left by a partial restore,
+            // say) is never used again: it is not re-wrapped either.
+            Err(WardenError::Shredded(_)) => continue,
+            Err(e) => return Err(e),
+        };
         let rewrapped = wrap_key(
             &derive_kek(&current.master, &ws),
             &key,

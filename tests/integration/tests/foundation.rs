@@ -242,3 +242,42 @@ fn configuration_tables_survive_dump_and_restore() {
         assert_eq!(q(&mut src, sql), q(&mut dst, sql), "{sql}");
     }
 }
+
+/// A trail dropped with the extension and made again is a new trail: a
+/// session that wrote to the old one does not carry what it knew of the
+/// old chains (their newest blocks) into the new one.
+#[test]
+fn a_recreated_trail_starts_afresh_in_a_session_that_wrote_to_the_old_one() {
+    let c = cluster();
+    c.create_database("recreate_trail");
+    let mut db = c.superuser("recreate_trail");
+    let ws = "dddddddd-0000-4000-8000-000000000000";
+    let user = "00000000-0000-4000-8000-0000000000d1";
+    let write = |db: &mut pg_warden_integration::postgres::Client| {
+        db.batch_execute(&format!(
+            "INSERT INTO warden.memberships VALUES ('{ws}', '{user}', 'user')
+               ON CONFLICT DO NOTHING;
+             SELECT warden.set_context('{ws}', '{user}', false);
+             SELECT warden.log_event('write', 'x');
+             SELECT warden.clear_context();"
+        ))
+        .unwrap();
+    };
+    write(&mut db);
+    db.batch_execute("SELECT * FROM warden.verify_audit()")
+        .unwrap();
+    // The next commit names the chain's newest block (read now: over a
+    // second since this session last read it).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write(&mut db);
+    db.batch_execute("DROP EXTENSION pg_warden; CREATE EXTENSION pg_warden")
+        .unwrap();
+    write(&mut db);
+    let intact: Vec<bool> = db
+        .query("SELECT intact FROM warden.verify_audit()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(intact.iter().all(|&i| i), "{intact:?}");
+}
