@@ -4,8 +4,36 @@
 -- control-file schema it is not a member of the extension, so DROP EXTENSION
 -- leaves it behind, empty.
 
+-- CREATE EXTENSION adopts a `warden` schema that already exists, whoever
+-- made it: its owner could later rename it, put look-alike tables in a new
+-- `warden` that set_context (SECURITY DEFINER) would read, or drop the
+-- whole trail with DROP SCHEMA ... CASCADE. Only a superuser's empty
+-- schema is taken.
+DO $schema$
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_namespace AS n
+              JOIN pg_catalog.pg_roles AS r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+             WHERE n.nspname OPERATOR(pg_catalog.=) 'warden') THEN
+        RAISE EXCEPTION 'schema warden exists and is not owned by a superuser'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'drop it (or ALTER SCHEMA warden OWNER TO a superuser), then CREATE EXTENSION pg_warden';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_class
+                WHERE relnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_proc
+                   WHERE pronamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_type
+                   WHERE typnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace) THEN
+        RAISE EXCEPTION 'schema warden already holds objects that are not pg_warden''s'
+            USING ERRCODE = 'duplicate_schema',
+                  HINT = 'move them out of the schema, then CREATE EXTENSION pg_warden';
+    END IF;
+END
+$schema$;
+
 -- Roles are cluster-wide and outlive the extension: create them only if an
--- earlier install (or the DBA) has not. CREATE EXTENSION in two databases at
+-- earlier install (or the DBA) has not; one found must be as made here (no
+-- login, no superuser or other special attribute). CREATE EXTENSION in two databases at
 -- once may race here; the loser finds the role made and goes on.
 DO $roles$
 DECLARE
@@ -25,6 +53,14 @@ BEGIN
             EXCEPTION WHEN duplicate_object OR unique_violation THEN
                 NULL;
             END;
+        END IF;
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles
+                    WHERE rolname OPERATOR(pg_catalog.=) role_name
+                      AND (rolcanlogin OR rolsuper OR rolcreaterole OR rolcreatedb
+                           OR rolreplication OR rolbypassrls)) THEN
+            RAISE EXCEPTION 'role % exists with LOGIN or a special attribute', role_name
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'pg_warden''s roles are NOLOGIN group roles: fix or drop it first';
         END IF;
     END LOOP;
     -- An administrator can do everything an application can.
@@ -80,7 +116,11 @@ INSERT INTO warden.roles (name, level) VALUES
     ('user', 40),
     ('learner', 30),
     ('viewer', 20);
-INSERT INTO warden.role_permissions (role, permission) VALUES ('super_admin', '*');
+INSERT INTO warden.role_permissions (role, permission) VALUES
+    ('super_admin', '*'),
+    -- The workspace's audit trail (warden.audit_log) shows the values of
+    -- audited rows: for administrators of the workspace by default.
+    ('admin', 'audit.read');
 
 -- Workspace keys: random 256-bit keys, stored only wrapped (AES-256-GCM)
 -- under a key-encryption key that HKDF derives from the master key and the

@@ -109,6 +109,16 @@ pub enum WardenError {
          warden.purge_audit() deletes nothing from a tampered trail"
     )]
     AuditChainBroken { workspace: String, first: i64 },
+    #[error(
+        "column \"{column}\" of {table}, which its audit redacts or keys rows by, is gone \
+         (renamed or dropped): run warden.enable_audit() on the table again"
+    )]
+    AuditColumnGone { column: String, table: String },
+    #[error(
+        "\"{0}\" is an action pg_warden records itself (row changes, denials, key, membership, \
+         role, permission and audit changes): name the application's event otherwise"
+    )]
+    ReservedAction(String),
     #[error("a transaction records at most 2147483647 audit entries")]
     AuditTooManyEntries,
     #[error("{0}() must be attached as an AFTER {1} trigger (warden.enable_audit() does that)")]
@@ -124,14 +134,16 @@ impl WardenError {
         use PgSqlErrorCode::*;
         match self {
             WardenError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            WardenError::MalformedPermission(_) | WardenError::MalformedResource(_) => {
-                ERRCODE_INVALID_PARAMETER_VALUE
-            }
+            WardenError::MalformedPermission(_)
+            | WardenError::MalformedResource(_)
+            | WardenError::ReservedAction(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             WardenError::NotAMember { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             WardenError::PermissionDenied(_) | WardenError::PermissionDeniedNoContext(_) => {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
-            WardenError::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            WardenError::UndefinedColumn { .. } | WardenError::AuditColumnGone { .. } => {
+                ERRCODE_UNDEFINED_COLUMN
+            }
             WardenError::ColumnNotUuid { .. } => ERRCODE_DATATYPE_MISMATCH,
             WardenError::MasterKeyNotConfigured => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WardenError::MasterKeyFileMissing => ERRCODE_UNDEFINED_FILE,

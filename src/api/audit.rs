@@ -93,7 +93,10 @@ fn audit_row<'a>(
     // SAFETY: the firing trigger's relation, trigger and tuples (of the
     // relation's row type).
     let (plan, action, row_key, old, new) = unsafe {
-        let plan = json::plan_for(data.tg_relation, data.tg_trigger, audit::names_generation())?;
+        // (Raised as itself: an Err returned from a trigger is reported as
+        // a panic, without its SQLSTATE.)
+        let plan = json::plan_for(data.tg_relation, data.tg_trigger, audit::names_generation())
+            .unwrap_or_else(|e| raise(e));
         let desc = (*data.tg_relation).rd_att;
         let (action, row_key, old, new) = match op {
             PgTriggerOperation::Insert => {
@@ -323,11 +326,12 @@ fn audit_truncate<'a>(
     // pg_warden's own tables (memberships, roles, permissions) concern every
     // workspace: their TRUNCATE goes to the chain outside any workspace,
     // not to the acting tenant's.
-    let global = trigger
-        .extra_args()
-        .unwrap_or_default()
-        .iter()
-        .any(|a| a == "global");
+    let global = schema == "warden"
+        && trigger
+            .extra_args()
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a == "global");
     let entry = Entry {
         workspace: global.then_some(None),
         action: "TRUNCATE".into(),
@@ -395,6 +399,11 @@ fn enable_audit(
              FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();"
     ))
     .map_err(WardenError::from)?;
+    audit::config_event(
+        "audit.enabled",
+        &table,
+        serde_json::json!({ "redact": redact }),
+    )?;
     Ok(())
 }
 
@@ -404,10 +413,15 @@ fn enable_audit(
 fn disable_audit(tbl: Option<Table>) -> SqlResult<()> {
     let tbl = required(tbl, "tbl")?;
     let table = table_sql(&tbl)?;
-    Ok(drop_audit_triggers(&tbl, &table)?)
+    if drop_audit_triggers(&tbl, &table)? {
+        audit::config_event("audit.disabled", &table, serde_json::json!({}))?;
+    }
+    Ok(())
 }
 
-fn drop_audit_triggers(tbl: &Table, table: &str) -> Result<(), WardenError> {
+/// Drops the audit triggers of `table`; whether there were any.
+fn drop_audit_triggers(tbl: &Table, table: &str) -> Result<bool, WardenError> {
+    let mut dropped = false;
     for name in ["warden_audit", "warden_audit_truncate"] {
         let exists = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
@@ -416,9 +430,10 @@ fn drop_audit_triggers(tbl: &Table, table: &str) -> Result<(), WardenError> {
         .unwrap_or(false);
         if exists {
             Spi::run(&format!("DROP TRIGGER {name} ON {table}"))?;
+            dropped = true;
         }
     }
-    Ok(())
+    Ok(dropped)
 }
 
 /// Records an application event (token use, outbound call, export) under
@@ -434,6 +449,9 @@ fn log_event(
     // refuses (25006): say so now, where the application can see why.
     // SAFETY: raises an ERROR in a read-only transaction, nothing else.
     unsafe { pg_sys::PreventCommandIfReadOnly(c"warden.log_event()".as_ptr()) };
+    if reserved_action(action) {
+        return Err(WardenError::ReservedAction(action.to_string()).into());
+    }
     audit::record(Entry {
         workspace: None,
         action: action.to_string().into(),
@@ -444,6 +462,17 @@ fn log_event(
         detail: detail.map(|JsonB(v)| json_text(&v)),
     })?;
     Ok(())
+}
+
+/// Whether `action` is one pg_warden records itself (a row change, a
+/// denial, a key, membership, role, permission or audit change): an
+/// application's event may not pass for one.
+fn reserved_action(action: &str) -> bool {
+    const VERBS: [&str; 4] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE"];
+    const PREFIXES: [&str; 5] = ["key.", "membership.", "role.", "permission.", "audit."];
+    let lower = action.trim().to_ascii_lowercase();
+    VERBS.iter().any(|v| lower.eq_ignore_ascii_case(v))
+        || PREFIXES.iter().any(|p| lower.starts_with(p))
 }
 
 /// One row per chain (NULL workspace: events outside any workspace):

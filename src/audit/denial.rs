@@ -37,8 +37,28 @@ struct DenialSlot {
 /// Longer than any valid permission (`resource.action`: at most 127).
 const MAX_PERMISSION: usize = 256;
 
-/// Records that the acting session was denied `permission`, durably.
+/// Records that the acting session was denied `permission`, durably; a
+/// denial that cannot be recorded (no worker slot free, say) goes to the
+/// server log at least, and require() says so.
 pub fn record_denial(
+    permission: &str,
+    workspace: Option<[u8; 16]>,
+    actor: Option<[u8; 16]>,
+) -> Result<(), WardenError> {
+    let result = record_in_trail(permission, workspace, actor);
+    if let Err(WardenError::DenialNotRecorded(reason)) = &result {
+        // SAFETY: reads shared recovery state (a standby logged it already).
+        if !unsafe { pg_sys::RecoveryInProgress() } {
+            pgrx::log!(
+                "pg_warden: permission denied, not in the audit trail ({reason}): {}",
+                &permission[..permission.floor_char_boundary(MAX_PERMISSION)]
+            );
+        }
+    }
+    result
+}
+
+fn record_in_trail(
     permission: &str,
     workspace: Option<[u8; 16]>,
     actor: Option<[u8; 16]>,

@@ -591,6 +591,24 @@ unsafe fn build(
             };
             plan.columns.push(column);
         }
+        // The trigger names its redacted and key columns as they were at
+        // enable_audit(): one renamed or dropped since would silently log
+        // in clear (or log no key). Refused until enable_audit() runs again.
+        let present = |name: &[u8]| {
+            plan.columns.iter().zip(desc.iter()).any(|(c, a)| {
+                !c.dropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name
+            })
+        };
+        if let Some(gone) = redact
+            .iter()
+            .chain(key_names.iter())
+            .find(|n| !present(n.as_bytes()))
+        {
+            return Err(WardenError::AuditColumnGone {
+                column: gone.to_string(),
+                table: plan.target.to_string(),
+            });
+        }
         for key in key_names {
             let at = plan.columns.iter().zip(desc.iter()).position(|(c, a)| {
                 !c.dropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == key.as_bytes()

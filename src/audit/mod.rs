@@ -300,6 +300,25 @@ pub fn key_event(
     })
 }
 
+/// Records a change to what is audited (`audit.enabled`, `audit.disabled`)
+/// in the chain outside any workspace, which administrators read: turning
+/// the trail off for a table leaves a trace.
+pub fn config_event(
+    action: &'static str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), WardenError> {
+    record(Entry {
+        workspace: Some(None),
+        action: Cow::Borrowed(action),
+        target: Some(Rc::from(target)),
+        row_key: None,
+        old_values: None,
+        new_values: None,
+        detail: Some(json_text(&detail)),
+    })
+}
+
 /// Just before commit: writes what is still buffered, with the seals, one
 /// per workspace (without any lock: concurrent writers in a workspace
 /// never wait for each other); then chains, if due (see `chain`). Before

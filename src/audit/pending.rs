@@ -116,6 +116,14 @@ struct Run {
     held: bool,
 }
 
+impl Head {
+    /// The bytes of its action and target, as each entry of its run holds
+    /// them once written.
+    fn text_bytes(&self) -> usize {
+        self.action.len() + self.target.as_deref().map_or(0, str::len)
+    }
+}
+
 impl Run {
     fn values_per_entry(&self) -> usize {
         self.head.present.count_ones() as usize
@@ -205,7 +213,8 @@ pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> Result<b
         .filter(|(v, _)| v.is_some())
         .map(|(_, bit)| bit)
         .sum();
-    let size: usize = values.iter().flatten().map(Vec::len).sum();
+    // (An event's action and target count too: each can be large.)
+    let size: usize = values.iter().flatten().map(Vec::len).sum::<usize>() + head.text_bytes();
     let subxact = head.subxact;
     let mut pending = PENDING.borrow_mut();
     let p = match &mut *pending {
@@ -247,7 +256,9 @@ pub fn push(txid: i64, mut head: Head, values: [Option<Vec<u8>>; 4]) -> Result<b
                 .filter(|r| !r.held);
             (
                 share.clone().map(|r| r.count).sum(),
-                share.map(|r| r.texts.len()).sum(),
+                share
+                    .map(|r| r.texts.len() + r.count * r.head.text_bytes())
+                    .sum(),
             )
         }
     };
@@ -745,6 +756,31 @@ mod tests {
             .count();
         forget();
         assert_eq!(asked, 0);
+    }
+
+    /// An event's action and target count toward the bytes buffered (a
+    /// transaction logging megabyte-long actions would otherwise hold
+    /// gigabytes before its first write).
+    #[pg_test]
+    fn long_actions_count_toward_the_write_limit() {
+        let txid = -1;
+        // SAFETY: reads the current subtransaction's id.
+        let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+        let action = "x".repeat(1 << 20);
+        let full = (0..64).position(|i| {
+            let head = Head::new(
+                i,
+                None,
+                None,
+                Rc::from("r"),
+                Cow::Owned(action.clone()),
+                None,
+                subxact,
+            );
+            push(txid, head, [None, None, None, None]).unwrap()
+        });
+        forget();
+        assert_eq!(full, Some(15), "16 MB of actions");
     }
 
     /// What a write held back inside a savepoint that is rolled back goes

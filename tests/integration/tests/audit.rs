@@ -8,6 +8,10 @@ const WS_B: &str = "eeeeeeee-0000-4000-8000-00000000000b";
 const USER_A: &str = "00000000-0000-4000-8000-0000000000e1";
 const USER_B: &str = "00000000-0000-4000-8000-0000000000e2";
 
+/// The chain outside any workspace after `setup`: enabling the audit of
+/// `public.events`, and the permission to read a workspace's trail.
+const GLOBAL: (Option<String>, i64, bool) = (None, 2, true);
+
 fn setup(db: &str) {
     let c = cluster();
     c.create_database(db);
@@ -16,6 +20,7 @@ fn setup(db: &str) {
     c.superuser(db)
         .batch_execute(&format!(
             "INSERT INTO warden.memberships VALUES ('{WS_A}', '{USER_A}', 'user'), ('{WS_B}', '{USER_B}', 'user');
+             INSERT INTO warden.role_permissions VALUES ('user', 'audit.read');
              CREATE TABLE public.events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                                          workspace_id uuid NOT NULL, payload text);
              SELECT warden.enable_audit('public.events');
@@ -79,7 +84,8 @@ fn concurrent_writers_in_one_workspace_make_one_intact_chain() {
         verify("audit_concurrent"),
         [
             (Some(WS_A.to_string()), 1601, true),
-            (Some(WS_B.to_string()), 1, true)
+            (Some(WS_B.to_string()), 1, true),
+            GLOBAL,
         ]
     );
     let seals: i64 = cluster()
@@ -133,7 +139,7 @@ fn each_workspace_reads_only_its_own_trail() {
         .query_one("SELECT count(*) FROM warden.audit_log", &[])
         .unwrap()
         .get(0);
-    assert_eq!(all, 6);
+    assert_eq!(all, 8, "both workspaces', and the setup's two outside any");
 }
 
 #[test]
@@ -160,7 +166,8 @@ fn a_restored_trail_still_verifies() {
         before,
         [
             (Some(WS_A.to_string()), 35, true),
-            (Some(WS_B.to_string()), 1, true)
+            (Some(WS_B.to_string()), 1, true),
+            GLOBAL,
         ]
     );
     // The restore loads the memberships without recording them again,
@@ -180,7 +187,8 @@ fn a_restored_trail_still_verifies() {
         verify("audit_restored"),
         [
             (Some(WS_A.to_string()), 36, true),
-            (Some(WS_B.to_string()), 1, true)
+            (Some(WS_B.to_string()), 1, true),
+            GLOBAL,
         ]
     );
 }
@@ -214,7 +222,8 @@ fn a_prepared_transaction_is_sealed_and_holds_up_no_verification() {
         chains,
         [
             (Some(WS_A.to_string()), 1, true),
-            (Some(WS_B.to_string()), 1, true)
+            (Some(WS_B.to_string()), 1, true),
+            GLOBAL,
         ],
         "the prepared entry is not there yet"
     );
@@ -226,7 +235,8 @@ fn a_prepared_transaction_is_sealed_and_holds_up_no_verification() {
         verify("audit_prepared"),
         [
             (Some(WS_A.to_string()), 2, true),
-            (Some(WS_B.to_string()), 1, true)
+            (Some(WS_B.to_string()), 1, true),
+            GLOBAL,
         ],
         "committed, the prepared entry is in its chain, sealed"
     );
@@ -275,7 +285,8 @@ fn a_denial_outlives_the_denied_transaction() {
         verify("audit_denial"),
         [
             (Some(WS_A.to_string()), 2, true),
-            (Some(WS_B.to_string()), 1, true)
+            (Some(WS_B.to_string()), 1, true),
+            GLOBAL,
         ]
     );
 }
@@ -337,7 +348,8 @@ fn membership_changes_by_an_administrator_reach_the_tenant_trail() {
         verify("audit_access"),
         [
             (Some(WS_A.to_string()), 3, true),
-            (Some(WS_B.to_string()), 1, true)
+            (Some(WS_B.to_string()), 1, true),
+            GLOBAL,
         ]
     );
 }
@@ -451,7 +463,8 @@ fn a_trail_restored_into_another_cluster_keeps_verifying() {
         verify_in(other, "audit_moved"),
         [
             (Some(WS_A.to_string()), 134, true),
-            (Some(WS_B.to_string()), 1, true)
+            (Some(WS_B.to_string()), 1, true),
+            GLOBAL,
         ]
     );
 }

@@ -281,3 +281,33 @@ fn a_recreated_trail_starts_afresh_in_a_session_that_wrote_to_the_old_one() {
         .collect();
     assert!(intact.iter().all(|&i| i), "{intact:?}");
 }
+
+/// CREATE EXTENSION takes over a `warden` schema only if a superuser owns
+/// it and it is empty: its owner could otherwise rename it, plant
+/// look-alikes that SECURITY DEFINER code would read, or drop the trail.
+#[test]
+fn an_existing_warden_schema_not_a_superusers_is_refused() {
+    let c = cluster();
+    let db = "schema_taken";
+    let mut admin = c.superuser("postgres");
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .unwrap();
+    let mut su = c.superuser(db);
+    su.batch_execute(
+        "DO $$ BEGIN CREATE ROLE schema_squatter NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         CREATE SCHEMA warden AUTHORIZATION schema_squatter",
+    )
+    .unwrap();
+    let err = su.batch_execute("CREATE EXTENSION pg_warden").unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err}");
+    su.batch_execute("ALTER SCHEMA warden OWNER TO postgres; CREATE TABLE warden.planted (n int)")
+        .unwrap();
+    let err = su.batch_execute("CREATE EXTENSION pg_warden").unwrap_err();
+    assert_eq!(sqlstate(&err), "42P06", "{err}");
+    su.batch_execute("DROP TABLE warden.planted; CREATE EXTENSION pg_warden")
+        .unwrap();
+}
