@@ -163,16 +163,61 @@ struct Policy<'a> {
     check: Option<String>,
 }
 
+/// The table and, for a partitioned or inheritance parent, every table
+/// below it (partitions of partitions included), as (OID, SQL name): a
+/// partition queried directly is checked against its own policies, not
+/// its parent's. (Foreign partitions can have no policies: left out.)
+fn table_and_descendants(
+    tbl: &Table,
+    table: &str,
+) -> Result<Vec<(pg_sys::Oid, String)>, WardenError> {
+    let mut out = vec![(tbl.0, table.to_string())];
+    Spi::connect(|client| {
+        for row in client.select(
+            "WITH RECURSIVE below(oid) AS (
+                 SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1
+                 UNION
+                 SELECT i.inhrelid FROM pg_catalog.pg_inherits AS i JOIN below AS b ON i.inhparent = b.oid)
+             SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text
+               FROM below AS b JOIN pg_catalog.pg_class AS c ON c.oid = b.oid
+              WHERE c.relkind IN ('r', 'p')
+              ORDER BY 2",
+            None,
+            &[tbl.0.into()],
+        )? {
+            if let (Some(oid), Some(name)) = (row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?) {
+                out.push((oid, name));
+            }
+        }
+        Ok::<_, WardenError>(())
+    })?;
+    Ok(out)
+}
+
 fn apply(tbl: &Table, table: &str, policies: &[Policy]) -> Result<(), WardenError> {
-    let mut ddl = format!(
+    let mut ddl = String::new();
+    for (oid, table) in table_and_descendants(tbl, table)? {
+        apply_to(oid, &table, policies, &mut ddl)?;
+    }
+    Spi::run(&ddl)?;
+    Ok(())
+}
+
+fn apply_to(
+    oid: pg_sys::Oid,
+    table: &str,
+    policies: &[Policy],
+    ddl: &mut String,
+) -> Result<(), WardenError> {
+    ddl.push_str(&format!(
         "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;\n\
          ALTER TABLE {table} FORCE ROW LEVEL SECURITY;\n"
-    );
+    ));
     for p in policies {
         let name = quote_ident(p.name)?;
         let exists = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_policy WHERE polrelid = $1 AND polname = $2)",
-            &[tbl.0.into(), p.name.into()],
+            &[oid.into(), p.name.into()],
         )?
         .unwrap_or(false);
         if exists {
@@ -195,7 +240,6 @@ fn apply(tbl: &Table, table: &str, policies: &[Policy]) -> Result<(), WardenErro
         }
         ddl.push_str(";\n");
     }
-    Spi::run(&ddl)?;
     Ok(())
 }
 

@@ -328,6 +328,33 @@ RESET warden.jwt_workspace_claim;
 RESET warden.trust_jwt_claims;
 RESET request.jwt.claims;
 
+-- A partitioned table: the generators put the policies on every partition
+-- too (partitions of partitions included), since a partition queried
+-- directly is checked against its own policies, not its parent's.
+SET ROLE regress_owner;
+CREATE TABLE public.events (workspace_id uuid NOT NULL, n int) PARTITION BY LIST (n);
+CREATE TABLE public.events_1 PARTITION OF public.events FOR VALUES IN (1);
+CREATE TABLE public.events_2 PARTITION OF public.events FOR VALUES IN (2) PARTITION BY LIST (workspace_id);
+CREATE TABLE public.events_2x PARTITION OF public.events_2 DEFAULT;
+SELECT warden.isolate('public.events');
+SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, count(p.polname) AS policies
+  FROM pg_catalog.pg_class AS c LEFT JOIN pg_catalog.pg_policy AS p ON p.polrelid = c.oid
+ WHERE c.relname LIKE 'events%' AND c.relkind IN ('r', 'p') GROUP BY 1, 2, 3 ORDER BY 1;
+GRANT SELECT ON public.events, public.events_1, public.events_2, public.events_2x TO regress_app;
+RESET ROLE;
+INSERT INTO public.events VALUES ('aaaaaaaa-0000-4000-8000-000000000000', 1),
+    ('bbbbbbbb-0000-4000-8000-000000000000', 1), ('aaaaaaaa-0000-4000-8000-000000000000', 2),
+    ('bbbbbbbb-0000-4000-8000-000000000000', 2);
+SET ROLE regress_app;
+SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
+                          '00000000-0000-4000-8000-0000000a11ce', false) IS NOT NULL AS set;
+SELECT (SELECT count(*) FROM public.events) AS through_the_parent,
+       (SELECT count(*) FROM public.events_1) AS in_a_partition,
+       (SELECT count(*) FROM public.events_2x) AS in_a_subpartition;
+SELECT warden.clear_context();
+RESET ROLE;
+DROP TABLE public.events;
+
 DROP TABLE public."Invoice Items", public.bare_calls, public.parallel_rows;
 DELETE FROM warden.memberships;
 DELETE FROM warden.role_permissions WHERE role <> 'super_admin';
