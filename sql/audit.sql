@@ -155,14 +155,16 @@ ALTER TABLE warden.audit_entries ENABLE ROW LEVEL SECURITY;
 ALTER TABLE warden.audit_batches ENABLE ROW LEVEL SECURITY;
 
 -- The trail, one row per entry, and the tenant view of it: a warden_user
--- reads its acting workspace's entries, a warden_admin reads all. The view
--- reads the tables with its owner's rights and applies that rule itself,
--- A tenant's rows need the permission audit.read in the acting role (the
--- trail holds the values of rows that policies may hide from some members,
--- a viewer say: `protect` and `isolate_user` do not reach into it); seeded
--- for admin, and so for every role above it. They sit
--- behind a security barrier: a caller's own conditions (a cheap leaky
--- function, say) run on what the rule has let through, never before it.
+-- reads entries of its acting workspace, a warden_admin reads all. A
+-- member reads the workspace's entries with the permission audit.read
+-- (seeded for admin, and so for every role above it), and its own entries
+-- (its user as the actor) without: the trail holds the values of rows
+-- that policies may hide from some members (a viewer, say; `protect` and
+-- `isolate_user` do not reach into it), but never hides what one did
+-- oneself. The view reads the tables with its owner's rights and applies
+-- that rule itself, behind a security barrier: a caller's own conditions
+-- (a cheap leaky function, say) run on what the rule has let through,
+-- never before it.
 -- (The barrier holds because the view's body is a SELECT over the union,
 -- not the union itself: PostgreSQL flattens a bare UNION ALL view into its
 -- parts and would push the caller's conditions into them.) Each of the
@@ -180,7 +182,8 @@ SELECT * FROM (
    FROM warden.audit_entries AS e
   WHERE e.workspace_id OPERATOR(pg_catalog.=) (SELECT warden.current_workspace_id())
     AND NOT (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
-    AND (SELECT warden.can('audit.read'))
+    AND ((SELECT warden.can('audit.read'))
+         OR e.actor OPERATOR(pg_catalog.=) (SELECT warden.current_user_id()))
   ORDER BY e.id DESC)
 UNION ALL
 (SELECT e.id, e.at, e.txid, e.txn_seq, e.workspace_id, e.actor, e.db_role, e.action,
@@ -203,7 +206,8 @@ UNION ALL
         AS x(n, row_key, old_values, new_values, detail)
   WHERE b.workspace_id OPERATOR(pg_catalog.=) (SELECT warden.current_workspace_id())
     AND NOT (SELECT pg_catalog.pg_has_role('warden_admin', 'USAGE'))
-    AND (SELECT warden.can('audit.read'))
+    AND ((SELECT warden.can('audit.read'))
+         OR b.actor OPERATOR(pg_catalog.=) (SELECT warden.current_user_id()))
   ORDER BY b.id DESC)
 UNION ALL
 (SELECT b.id, b.at, b.txid, b.txn_seq + (x.n - 1)::integer, b.workspace_id, b.actor,

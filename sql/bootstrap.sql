@@ -18,12 +18,37 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'drop it (or ALTER SCHEMA warden OWNER TO a superuser), then CREATE EXTENSION pg_warden';
     END IF;
+    -- (USAGE, which an earlier install granted, is harmless; CREATE would
+    -- let its holder add look-alike overloads beside pg_warden's functions.)
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace AS n,
+                      pg_catalog.aclexplode(n.nspacl) AS a
+                WHERE n.nspname OPERATOR(pg_catalog.=) 'warden'
+                  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+                  AND a.grantee OPERATOR(pg_catalog.<>) n.nspowner) THEN
+        RAISE EXCEPTION 'schema warden exists and another role may create objects in it'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'REVOKE CREATE ON SCHEMA warden FROM that role (or drop the schema), then CREATE EXTENSION pg_warden';
+    END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_class
                 WHERE relnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
        OR EXISTS (SELECT FROM pg_catalog.pg_proc
                    WHERE pronamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
        OR EXISTS (SELECT FROM pg_catalog.pg_type
-                   WHERE typnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace) THEN
+                   WHERE typnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_operator
+                   WHERE oprnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_collation
+                   WHERE collnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_opfamily
+                   WHERE opfnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_conversion
+                   WHERE connamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_ts_config
+                   WHERE cfgnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_ts_dict
+                   WHERE dictnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_statistic_ext
+                   WHERE stxnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace) THEN
         RAISE EXCEPTION 'schema warden already holds objects that are not pg_warden''s'
             USING ERRCODE = 'duplicate_schema',
                   HINT = 'move them out of the schema, then CREATE EXTENSION pg_warden';
@@ -54,11 +79,19 @@ BEGIN
                 NULL;
             END;
         END IF;
-        IF EXISTS (SELECT FROM pg_catalog.pg_roles
-                    WHERE rolname OPERATOR(pg_catalog.=) role_name
-                      AND (rolcanlogin OR rolsuper OR rolcreaterole OR rolcreatedb
-                           OR rolreplication OR rolbypassrls)) THEN
-            RAISE EXCEPTION 'role % exists with LOGIN or a special attribute', role_name
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                    WHERE r.rolname OPERATOR(pg_catalog.=) role_name
+                      AND (r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb
+                           OR r.rolreplication OR r.rolbypassrls OR NOT r.rolinherit
+                           -- a member of another role: every member of ours
+                           -- would hold its rights (warden_admin is
+                           -- warden_user's, by design)
+                           OR EXISTS (SELECT FROM pg_catalog.pg_auth_members AS m
+                                       WHERE m.member OPERATOR(pg_catalog.=) r.oid
+                                         AND NOT (r.rolname OPERATOR(pg_catalog.=) 'warden_admin'
+                                                  AND m.roleid OPERATOR(pg_catalog.=)
+                                                      'warden_user'::pg_catalog.regrole)))) THEN
+            RAISE EXCEPTION 'role % exists with LOGIN, a special attribute, or membership in another role', role_name
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'pg_warden''s roles are NOLOGIN group roles: fix or drop it first';
         END IF;

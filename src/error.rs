@@ -115,8 +115,9 @@ pub enum WardenError {
     )]
     AuditColumnGone { column: String, table: String },
     #[error(
-        "\"{0}\" is an action pg_warden records itself (row changes, denials, key, membership, \
-         role, permission and audit changes): name the application's event otherwise"
+        "\"{0}\" is the name of an action pg_warden records itself (a row change, a denial, a \
+         key, membership, role, permission or audit change): name the application's event \
+         otherwise"
     )]
     ReservedAction(String),
     #[error("a transaction records at most 2147483647 audit entries")]

@@ -401,7 +401,7 @@ fn enable_audit(
     .map_err(WardenError::from)?;
     audit::config_event(
         "audit.enabled",
-        &table,
+        &target_name(&tbl)?,
         serde_json::json!({ "redact": redact }),
     )?;
     Ok(())
@@ -414,9 +414,21 @@ fn disable_audit(tbl: Option<Table>) -> SqlResult<()> {
     let tbl = required(tbl, "tbl")?;
     let table = table_sql(&tbl)?;
     if drop_audit_triggers(&tbl, &table)? {
-        audit::config_event("audit.disabled", &table, serde_json::json!({}))?;
+        audit::config_event("audit.disabled", &target_name(&tbl)?, serde_json::json!({}))?;
     }
     Ok(())
+}
+
+/// A table as the trail names it (`schema.table`, unquoted, as its rows'
+/// entries do).
+fn target_name(tbl: &Table) -> Result<String, WardenError> {
+    Spi::get_one_with_args::<String>(
+        "SELECT n.nspname::text || '.' || c.relname::text
+           FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+          WHERE c.oid = $1",
+        &[tbl.oid().into()],
+    )?
+    .ok_or_else(|| WardenError::Internal("the table is gone".into()))
 }
 
 /// Drops the audit triggers of `table`; whether there were any.
@@ -468,11 +480,36 @@ fn log_event(
 /// denial, a key, membership, role, permission or audit change): an
 /// application's event may not pass for one.
 fn reserved_action(action: &str) -> bool {
-    const VERBS: [&str; 4] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE"];
-    const PREFIXES: [&str; 5] = ["key.", "membership.", "role.", "permission.", "audit."];
-    let lower = action.trim().to_ascii_lowercase();
-    VERBS.iter().any(|v| lower.eq_ignore_ascii_case(v))
-        || PREFIXES.iter().any(|p| lower.starts_with(p))
+    const RESERVED: [&str; 20] = [
+        "insert",
+        "update",
+        "delete",
+        "truncate",
+        "permission.denied",
+        "key.create",
+        "key.rotate",
+        "key.shred",
+        "key.rewrap",
+        "audit.enabled",
+        "audit.disabled",
+        "membership.added",
+        "membership.changed",
+        "membership.removed",
+        "role.created",
+        "role.changed",
+        "role.removed",
+        "permission.granted",
+        "permission.changed",
+        "permission.revoked",
+    ];
+    // Compared as a reader would see it: case, spaces and invisible
+    // characters aside (not every look-alike letter: keep names ASCII).
+    let seen: String = action
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    RESERVED.contains(&seen.as_str())
 }
 
 /// One row per chain (NULL workspace: events outside any workspace):

@@ -178,15 +178,23 @@ fn table_and_descendants(
                  SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1
                  UNION
                  SELECT i.inhrelid FROM pg_catalog.pg_inherits AS i JOIN below AS b ON i.inhparent = b.oid)
-             SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text
+             SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::text
                FROM below AS b JOIN pg_catalog.pg_class AS c ON c.oid = b.oid
-              WHERE c.relkind IN ('r', 'p')
               ORDER BY 2",
             None,
             &[tbl.0.into()],
         )? {
-            if let (Some(oid), Some(name)) = (row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?) {
-                out.push((oid, name));
+            let (oid, name, kind) = (
+                row.get::<pg_sys::Oid>(1)?,
+                row.get::<String>(2)?.unwrap_or_default(),
+                row.get::<String>(3)?.unwrap_or_default(),
+            );
+            match (oid, kind.as_str()) {
+                (Some(oid), "r" | "p") => out.push((oid, name)),
+                _ => pgrx::warning!(
+                    "{name} is below {table} but cannot have row level security (a foreign \
+                     table): queried directly, it shows every workspace's rows"
+                ),
             }
         }
         Ok::<_, WardenError>(())

@@ -112,7 +112,8 @@ RESET ROLE;
 
 -- The administrator sees every chain; all intact.
 SET ROLE regress_admin;
-SELECT workspace_id, action, target FROM warden.audit_log ORDER BY id;
+SELECT workspace_id, action, regexp_replace(target, '^pg_temp_\d+\.', 'pg_temp.') AS target
+  FROM warden.audit_log ORDER BY id;
 SELECT * FROM warden.verify_audit();
 RESET ROLE;
 -- Not even a superuser edits or deletes through SQL: not the entries, not
@@ -303,6 +304,8 @@ SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
 SELECT regress.error_of($$SELECT warden.log_event('key.shred', 'warden.workspace_keys')$$);
 SELECT regress.error_of($$SELECT warden.log_event('delete', 'public.cards')$$);
 SELECT regress.error_of($$SELECT warden.log_event('Membership.removed', 'x')$$);
+SELECT regress.error_of($$SELECT warden.log_event(E' DELETE\u200b', 'public.cards')$$);
+SELECT warden.log_event('key.created', 'api-keys/7');   -- an application's own API key
 SELECT warden.clear_context();
 RESET ROLE;
 
@@ -355,12 +358,17 @@ SELECT workspace_id, db_role, action, target, row_key, old_values, new_values
 RESET ROLE;
 -- A workspace's trail shows the values of audited rows, which policies
 -- may hide from some members: it needs audit.read (seeded for admin and
--- the roles above). B's manager sees nothing of it without; granted
--- audit.read, B's membership events, and nothing of A's or the cluster's.
+-- the roles above). B's manager sees only its own entries without;
+-- granted audit.read, B's membership events, and nothing of A's or the
+-- cluster's.
 SET ROLE regress_app;
 SELECT warden.set_context('bbbbbbbb-0000-4000-8000-000000000000',
                           '00000000-0000-4000-8000-00000000ca20', false) IS NOT NULL AS set;
-SELECT warden.can('audit.read') AS may_read, count(*) AS entries_seen FROM warden.audit_log;
+SELECT warden.log_event('report.viewed', 'reports/1');
+SELECT warden.can('audit.read') AS may_read,
+       count(*) FILTER (WHERE actor IS DISTINCT FROM warden.current_user_id()) AS others_seen,
+       count(*) FILTER (WHERE actor = warden.current_user_id()) AS own_seen
+  FROM warden.audit_log;
 RESET ROLE;
 INSERT INTO warden.role_permissions VALUES ('manager', 'audit.read');
 SET ROLE regress_app;
