@@ -10,6 +10,10 @@
 -- whole trail with DROP SCHEMA ... CASCADE. Only a superuser's empty
 -- schema is taken.
 DO $schema$
+DECLARE
+    catalog text;
+    namespace_column text;
+    found boolean := false;
 BEGIN
     IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_namespace AS n
               JOIN pg_catalog.pg_roles AS r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
@@ -29,26 +33,20 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'REVOKE CREATE ON SCHEMA warden FROM that role (or drop the schema), then CREATE EXTENSION pg_warden';
     END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_class
-                WHERE relnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_proc
-                   WHERE pronamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_type
-                   WHERE typnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_operator
-                   WHERE oprnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_collation
-                   WHERE collnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_opfamily
-                   WHERE opfnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_conversion
-                   WHERE connamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_ts_config
-                   WHERE cfgnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_ts_dict
-                   WHERE dictnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace)
-       OR EXISTS (SELECT FROM pg_catalog.pg_statistic_ext
-                   WHERE stxnamespace OPERATOR(pg_catalog.=) 'warden'::pg_catalog.regnamespace) THEN
+    FOR catalog, namespace_column IN VALUES
+        ('pg_class', 'relnamespace'), ('pg_proc', 'pronamespace'), ('pg_type', 'typnamespace'),
+        ('pg_operator', 'oprnamespace'), ('pg_collation', 'collnamespace'),
+        ('pg_opfamily', 'opfnamespace'), ('pg_conversion', 'connamespace'),
+        ('pg_ts_config', 'cfgnamespace'), ('pg_ts_dict', 'dictnamespace'),
+        ('pg_statistic_ext', 'stxnamespace')
+    LOOP
+        EXECUTE pg_catalog.format(
+            'SELECT EXISTS (SELECT FROM pg_catalog.%I WHERE %I OPERATOR(pg_catalog.=) $1)',
+            catalog, namespace_column)
+            INTO found USING 'warden'::pg_catalog.regnamespace::pg_catalog.oid;
+        EXIT WHEN found;
+    END LOOP;
+    IF found THEN
         RAISE EXCEPTION 'schema warden already holds objects that are not pg_warden''s'
             USING ERRCODE = 'duplicate_schema',
                   HINT = 'move them out of the schema, then CREATE EXTENSION pg_warden';
