@@ -34,6 +34,15 @@ fn audit_append_only<'a>(
     raise(WardenError::AppendOnly)
 }
 
+/// A trigger's outcome: an error raised as itself (an `Err` returned from a
+/// trigger is reported as a panic, without its SQLSTATE), else no row.
+fn raised<'a>(
+    done: Result<(), WardenError>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    done.unwrap_or_else(|e| raise(e));
+    Ok(None)
+}
+
 extern "C-unwind" {
     /// PostgreSQL's `row_to_json(record)`, called through the function
     /// manager (pgrx's binding of it is a guarded Rust function).
@@ -85,6 +94,10 @@ fn expect_attached(
 fn audit_row<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    raised(record_row(trigger))
+}
+
+fn record_row(trigger: &PgTrigger<'_>) -> Result<(), WardenError> {
     expect_attached(trigger, "warden.audit_row", true, "FOR EACH ROW");
     let data = trigger.trigger_data();
     let op = trigger
@@ -93,10 +106,7 @@ fn audit_row<'a>(
     // SAFETY: the firing trigger's relation, trigger and tuples (of the
     // relation's row type).
     let (plan, action, row_key, old, new) = unsafe {
-        // (Raised as itself: an Err returned from a trigger is reported as
-        // a panic, without its SQLSTATE.)
-        let plan = json::plan_for(data.tg_relation, data.tg_trigger, audit::names_generation())
-            .unwrap_or_else(|e| raise(e));
+        let plan = json::plan_for(data.tg_relation, data.tg_trigger, audit::names_generation())?;
         let desc = (*data.tg_relation).rd_att;
         let (action, row_key, old, new) = match op {
             PgTriggerOperation::Insert => {
@@ -130,7 +140,7 @@ fn audit_row<'a>(
         detail: None,
     };
     audit::record(entry).unwrap_or_else(|e| raise(e));
-    Ok(None)
+    Ok(())
 }
 
 /// What the access tables' trigger records for each of them (its one
@@ -198,6 +208,10 @@ const ACCESS_TABLES: &[(&str, AccessTable)] = &[
 fn audit_access_change<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    raised(record_access_change(trigger))
+}
+
+fn record_access_change(trigger: &PgTrigger<'_>) -> Result<(), WardenError> {
     expect_attached(trigger, "warden.audit_access_change", true, "FOR EACH ROW");
     let data = trigger.trigger_data();
     let args = trigger.extra_args().unwrap_or_default();
@@ -219,7 +233,7 @@ fn audit_access_change<'a>(
         ((*rel).rd_att, restoring)
     };
     if restoring {
-        return Ok(None);
+        return Ok(());
     }
     let op = trigger
         .op()
@@ -297,7 +311,7 @@ fn audit_access_change<'a>(
         }
         _ => {}
     }
-    Ok(None)
+    Ok(())
 }
 
 /// A column of a row as JSON (NULL if absent).
@@ -310,6 +324,10 @@ fn field(row: &Map<String, Value>, column: &str) -> Value {
 fn audit_truncate<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, WardenError> {
+    raised(record_truncate(trigger))
+}
+
+fn record_truncate(trigger: &PgTrigger<'_>) -> Result<(), WardenError> {
     expect_attached(trigger, "warden.audit_truncate", false, "TRUNCATE");
     if !matches!(trigger.op(), Ok(PgTriggerOperation::Truncate)) {
         raise(WardenError::MisattachedTrigger(
@@ -342,7 +360,7 @@ fn audit_truncate<'a>(
         detail: None,
     };
     audit::record(entry).unwrap_or_else(|e| raise(e));
-    Ok(None)
+    Ok(())
 }
 
 /// Attaches the audit triggers to a table (idempotent: re-run it after

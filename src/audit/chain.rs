@@ -760,6 +760,12 @@ fn first_broken(
         }
     }
 
+    // The blocks' MACs by seq, for the blocks seals name.
+    let block_macs: HashMap<i64, &[u8]> = blocks
+        .iter()
+        .map(|(b, mac)| (b.seq, mac.as_slice()))
+        .collect();
+
     // Each seal must match the rows it closes (their MACs in txn_seq
     // order); rows no seal closes were inserted behind pg_warden's back
     // (or their seal was deleted); a transaction sealed at or below where
@@ -795,9 +801,7 @@ fn first_broken(
             _ if head.seq == 0 => head.mac.is_empty(),
             Some(a) if head.seq < a.through_seq => true,
             Some(a) if head.seq == a.through_seq => head.mac == a.through_mac,
-            _ => blocks
-                .iter()
-                .any(|(b, mac)| b.seq == head.seq && *mac == head.mac),
+            _ => block_macs.get(&head.seq) == Some(&head.mac.as_slice()),
         };
         if i64::from(sealed.entries) != entries || !holds || purged || !head_holds {
             flag(first);
@@ -822,18 +826,19 @@ fn first_broken(
         Some(a) => (a.through_seq + 1, Some(a.through_mac), a.through_id),
         None => (1, None, 0),
     };
+    // (Rows, and so seals, are in id order: a block's are a slice.)
+    let after = |id: i64| seals.partition_point(|s| s.id <= id);
     for (block, mac) in blocks {
-        let covered: Vec<SealRow> = seals
-            .iter()
-            .filter(|s| block.purge.is_none() && s.id > block.from_id && s.id <= block.to_id)
-            .cloned()
-            .collect();
+        let covered = match block.purge {
+            None => &seals[after(block.from_id)..after(block.to_id).max(after(block.from_id))],
+            Some(_) => &[][..],
+        };
         let linked = block.seq == expected_seq
             && block.prev_mac == expected_prev
             && block.from_id == expected_from;
         if !linked
             || !block.fields_hold(key)
-            || block.mac(key, &covered).as_slice() != mac.as_slice()
+            || block.mac(key, covered).as_slice() != mac.as_slice()
         {
             // It shows at the first row after where it starts, or should
             // (the previous block's end: a broken block's own fields are
@@ -841,12 +846,8 @@ fn first_broken(
             // after it, a row that is not there: a broken block never
             // goes unreported.
             let start = expected_from.min(block.from_id);
-            flag(
-                rows.iter()
-                    .map(|r| r.id)
-                    .find(|&id| id > start)
-                    .unwrap_or(start.saturating_add(1)),
-            );
+            let next = rows.partition_point(|r| r.id <= start);
+            flag(rows.get(next).map_or(start.saturating_add(1), |r| r.id));
         }
         expected_seq = block.seq + 1;
         expected_prev = Some(mac.clone());
@@ -902,12 +903,15 @@ fn purge_chain(
         .collect();
     // The run of oldest blocks (purge marks aside) whose transactions are
     // all older than `before`.
+    // (In seal id order, as the rows: a block's transactions are a slice.)
+    let after = |id: i64| newest.partition_point(|&(seal, _)| seal <= id);
     let mut through: Option<&(Block, Vec<u8>)> = None;
     for b in blocks.iter().filter(|(b, _)| b.purge.is_none()) {
         let (block, _) = b;
-        let newer = newest
+        let (from, to) = (after(block.from_id), after(block.to_id));
+        let newer = newest[from..to.max(from)]
             .iter()
-            .any(|&(id, at)| id > block.from_id && id <= block.to_id && at >= cut_off);
+            .any(|&(_, at)| at >= cut_off);
         if newer {
             break;
         }

@@ -198,15 +198,22 @@ impl Cluster {
 
     /// A fresh database with pg_warden created in it.
     pub fn create_database(&self, name: &str) {
+        self.create_empty_database(name, "");
+        self.superuser(name)
+            .batch_execute("CREATE EXTENSION pg_warden")
+            .unwrap();
+    }
+
+    /// A fresh database without the extension, made with `options` (e.g.
+    /// `ENCODING 'LATIN1' ... TEMPLATE template0`), dropped first if it
+    /// exists.
+    pub fn create_empty_database(&self, name: &str, options: &str) {
         let mut admin = self.superuser("postgres");
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
             .unwrap();
         admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .unwrap();
-        self.superuser(name)
-            .batch_execute("CREATE EXTENSION pg_warden")
+            .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))
             .unwrap();
     }
 

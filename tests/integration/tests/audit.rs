@@ -40,6 +40,20 @@ fn app(db: &str, ws: &str, user: &str) -> Client {
     client
 }
 
+/// How many of `public.events`' entries are the only one of their
+/// transaction, sealed with a MAC.
+fn single_row_seals(db: &str) -> i64 {
+    cluster()
+        .superuser(db)
+        .query_one(
+            "SELECT count(*) FROM warden.audit_log
+              WHERE target = 'public.events' AND seal_entries = 1 AND seal_mac IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// (workspace, entries, intact) per chain, as the administrator verifies.
 fn verify(db: &str) -> Vec<(Option<String>, i64, bool)> {
     verify_in(cluster(), db)
@@ -88,15 +102,7 @@ fn concurrent_writers_in_one_workspace_make_one_intact_chain() {
             GLOBAL,
         ]
     );
-    let seals: i64 = cluster()
-        .superuser("audit_concurrent")
-        .query_one(
-            "SELECT count(*) FROM warden.audit_log
-              WHERE target = 'public.events' AND seal_entries = 1 AND seal_mac IS NOT NULL",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let seals: i64 = single_row_seals("audit_concurrent");
     assert_eq!(
         seals, 1600,
         "one seal per committed single-row transaction, on its own row"
@@ -240,15 +246,7 @@ fn a_prepared_transaction_is_sealed_and_holds_up_no_verification() {
         ],
         "committed, the prepared entry is in its chain, sealed"
     );
-    let sealed: i64 = cluster()
-        .superuser("audit_prepared")
-        .query_one(
-            "SELECT count(*) FROM warden.audit_log
-              WHERE target = 'public.events' AND seal_entries = 1 AND seal_mac IS NOT NULL",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let sealed: i64 = single_row_seals("audit_prepared");
     assert_eq!(sealed, 1);
 }
 

@@ -317,15 +317,11 @@ fn a_rotation_waiting_on_a_shred_finds_the_workspace_shredded() {
     tx.commit().unwrap();
     let err = rotation.join().unwrap().unwrap_err();
     assert_eq!(sqlstate(&err), "55000", "{err}");
-    let keys: i64 = cluster()
-        .superuser("enc_shred_race")
-        .query_one(
-            "SELECT count(*) FROM warden.workspace_keys WHERE workspace_id = $1::text::uuid",
-            &[&WS],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(keys, 0, "no key outlives the shred");
+    assert_eq!(
+        keys_of("enc_shred_race", WS),
+        0,
+        "no key outlives the shred"
+    );
 }
 
 #[test]
@@ -434,15 +430,10 @@ fn key_operations_under_repeatable_read_see_what_committed_after_their_snapshot(
 fn text_round_trips_in_a_latin1_database() {
     let c = cluster();
     let db = "enc_latin1";
-    let mut admin = c.superuser("postgres");
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-        .unwrap();
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
-        ))
-        .unwrap();
+    c.create_empty_database(
+        db,
+        "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    );
     c.superuser(db)
         .batch_execute(&format!(
             "CREATE EXTENSION pg_warden;

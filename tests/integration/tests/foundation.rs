@@ -289,13 +289,7 @@ fn a_recreated_trail_starts_afresh_in_a_session_that_wrote_to_the_old_one() {
 fn an_existing_warden_schema_not_a_superusers_is_refused() {
     let c = cluster();
     let db = "schema_taken";
-    let mut admin = c.superuser("postgres");
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .unwrap();
+    c.create_empty_database(db, "");
     let mut su = c.superuser(db);
     su.batch_execute(
         "DO $$ BEGIN CREATE ROLE schema_squatter NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;

@@ -50,6 +50,13 @@ SELECT position('sk_live'::bytea IN ct) AS plaintext_at FROM public.secrets WHER
 SELECT regress.error_of($$SELECT warden.decrypt(ct, 'invoices.amount:5') FROM public.secrets WHERE id = 4$$);
 SELECT regress.error_of($$SELECT warden.decrypt(ct) FROM public.secrets WHERE id = 4$$);
 SELECT regress.error_of($$SELECT warden.decrypt(ct, '') FROM public.secrets WHERE id = 1$$);
+-- decrypt_bytea (which decrypts any payload type) refuses the same way:
+-- a wrong context, a flipped bit, a truncation, garbage.
+SELECT regress.error_of($$SELECT warden.decrypt_bytea(ct, 'invoices.amount:5') FROM public.secrets WHERE id = 4$$);
+SELECT regress.error_of($$SELECT warden.decrypt_bytea(set_byte(ct, 45, get_byte(ct, 45) # 1)) FROM public.secrets WHERE id = 2$$);
+SELECT regress.error_of($$SELECT warden.decrypt_bytea(substring(ct FROM 1 FOR 52)) FROM public.secrets WHERE id = 2$$);
+SELECT regress.error_of($$SELECT warden.decrypt_bytea('\x00'::bytea)$$);
+SELECT encode(warden.decrypt_bytea(ct, 'invoices.amount:4'), 'escape') AS any_type FROM public.secrets WHERE id = 4;
 -- The payload type is part of the ciphertext.
 SELECT regress.error_of($$SELECT warden.decrypt(ct) FROM public.secrets WHERE id = 2$$);
 SELECT regress.error_of($$SELECT warden.decrypt_jsonb(ct) FROM public.secrets WHERE id = 1$$);
