@@ -204,45 +204,7 @@ fn encrypt_jsonb(
 #[no_mangle]
 pub unsafe extern "C-unwind" fn warden_decrypt(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: declared (bytea, text); fcinfo is the call's.
-    unsafe {
-        let Some(ciphertext) = fmgr::varlena_arg(fcinfo, 0) else {
-            return fmgr::return_null(fcinfo);
-        };
-        let context = fmgr::varlena_arg(fcinfo, 1);
-        pg_sys::Datum::from(open_to_text(ciphertext, context).unwrap_or_else(|e| raise(e)))
-    }
-}
-
-/// Decrypts straight into a new `text` in the current memory context.
-fn open_to_text(
-    ciphertext: &[u8],
-    context: Option<&[u8]>,
-) -> Result<*mut pg_sys::varlena, WardenError> {
-    let (env, key) = opening(ciphertext)?;
-    // SAFETY: inside a function call; no longer than the ciphertext.
-    let (text, out) = unsafe { fmgr::new_varlena(env.plaintext_len()) };
-    envelope::open_into(&key, &env, context, out).map_err(|_| WardenError::DecryptionFailed)?;
-    let checked = expect(
-        env.header().payload_type,
-        &[PayloadType::Text, PayloadType::Jsonb],
-        "text",
-        "decrypt_bytea",
-    )
-    .and_then(|()| {
-        // Text as the database's encoding has it (as `encrypt` took it).
-        // SAFETY: `out` is a live buffer of that length; noError: no raise.
-        let valid = unsafe { pg_sys::pg_verifymbstr(out.as_ptr().cast(), out.len() as i32, true) };
-        if valid {
-            Ok(())
-        } else {
-            Err(WardenError::NotText)
-        }
-    });
-    if let Err(e) = checked {
-        out.zeroize();
-        return Err(e);
-    }
-    Ok(text)
+    unsafe { decrypt_call(fcinfo, text_of) }
 }
 
 /// `warden.decrypt_bytea(ciphertext bytea, context text DEFAULT NULL)
@@ -255,24 +217,59 @@ pub unsafe extern "C-unwind" fn warden_decrypt_bytea(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     // SAFETY: declared (bytea, text); fcinfo is the call's.
+    unsafe { decrypt_call(fcinfo, |_, _| Ok(())) }
+}
+
+/// A decrypt call `(ciphertext bytea, context text)`: NULL in, NULL out;
+/// else the plaintext straight into a new varlena (`text` and `bytea`
+/// share the layout) in the current memory context, if `check` accepts its
+/// payload type and bytes (they are wiped if not).
+///
+/// # Safety
+/// `fcinfo` is the call's, declared (bytea, text).
+unsafe fn decrypt_call(
+    fcinfo: pg_sys::FunctionCallInfo,
+    check: impl FnOnce(PayloadType, &[u8]) -> Result<(), WardenError>,
+) -> pg_sys::Datum {
+    // SAFETY: as the caller's.
     unsafe {
         let Some(ciphertext) = fmgr::varlena_arg(fcinfo, 0) else {
             return fmgr::return_null(fcinfo);
         };
         let context = fmgr::varlena_arg(fcinfo, 1);
-        pg_sys::Datum::from(open_to_bytea(ciphertext, context).unwrap_or_else(|e| raise(e)))
+        let opened = (|| {
+            let (env, key) = opening(ciphertext)?;
+            // Inside a function call; no longer than the ciphertext.
+            let (datum, out) = fmgr::new_varlena(env.plaintext_len());
+            envelope::open_into(&key, &env, context, out)
+                .map_err(|_| WardenError::DecryptionFailed)?;
+            if let Err(e) = check(env.header().payload_type, out) {
+                out.zeroize();
+                return Err(e);
+            }
+            Ok(datum)
+        })();
+        pg_sys::Datum::from(opened.unwrap_or_else(|e| raise(e)))
     }
 }
 
-fn open_to_bytea(
-    ciphertext: &[u8],
-    context: Option<&[u8]>,
-) -> Result<*mut pg_sys::varlena, WardenError> {
-    let (env, key) = opening(ciphertext)?;
-    // SAFETY: inside a function call; no longer than the ciphertext.
-    let (bytea, out) = unsafe { fmgr::new_varlena(env.plaintext_len()) };
-    envelope::open_into(&key, &env, context, out).map_err(|_| WardenError::DecryptionFailed)?;
-    Ok(bytea)
+/// What `decrypt` accepts: a text or jsonb payload, valid text in the
+/// database's encoding (as `encrypt` took it).
+fn text_of(payload: PayloadType, plaintext: &[u8]) -> Result<(), WardenError> {
+    expect(
+        payload,
+        &[PayloadType::Text, PayloadType::Jsonb],
+        "text",
+        "decrypt_bytea",
+    )?;
+    // SAFETY: a live buffer of that length; noError: no raise.
+    let valid =
+        unsafe { pg_sys::pg_verifymbstr(plaintext.as_ptr().cast(), plaintext.len() as i32, true) };
+    if valid {
+        Ok(())
+    } else {
+        Err(WardenError::NotText)
+    }
 }
 
 /// Decrypts a jsonb ciphertext.
