@@ -171,7 +171,9 @@ impl RowPlan {
     /// The columns whose rendering differs between two versions of a row,
     /// as `(old, new)` objects (redacted ones as redacted): an UPDATE's
     /// change. A column is unchanged when its values are the same bytes,
-    /// or render the same.
+    /// or render the same; a redacted column, only when they are the same
+    /// bytes (its values are never rendered: it is listed, as redacted on
+    /// both sides, whenever what is stored changed).
     pub fn changed(&self, old: &Values, new: &Values) -> (Vec<u8>, Vec<u8>) {
         let (mut before, mut after) = (vec![b'{'], vec![b'{']);
         let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -183,7 +185,7 @@ impl RowPlan {
             b.clear();
             self.value(i, old, &mut a);
             self.value(i, new, &mut b);
-            if a == b {
+            if a == b && !col.redacted {
                 continue;
             }
             if before.len() > 1 {
