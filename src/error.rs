@@ -124,6 +124,8 @@ pub enum WardenError {
     AuditTooManyEntries,
     #[error("{0}() must be attached as an AFTER {1} trigger (warden.enable_audit() does that)")]
     MisattachedTrigger(&'static str, &'static str),
+    #[error("warden.protect_new_children() runs only as pg_warden's event trigger")]
+    MisattachedEventTrigger,
     #[error("permission denied, and the denial could not be recorded: {0}")]
     DenialNotRecorded(&'static str),
     #[error("internal error in pg_warden: {0}")]
@@ -177,6 +179,7 @@ impl WardenError {
             WardenError::AuditTooManyEntries => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             WardenError::AuditChainBroken { .. } => ERRCODE_DATA_CORRUPTED,
             WardenError::MisattachedTrigger(..) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            WardenError::MisattachedEventTrigger => ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED,
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

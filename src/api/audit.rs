@@ -13,6 +13,7 @@ extension_sql_file!(
     ]
 );
 
+use super::descendants;
 use crate::api::policies::{column_type, table_sql, Table};
 use crate::audit::json::{self, Values};
 use crate::audit::{self, json_text, Entry};
@@ -384,44 +385,85 @@ fn enable_audit(
             .into());
         }
     }
-    let key: Vec<String> = Spi::connect(|client| {
-        let mut out = Vec::new();
-        for row in client.select(
-            "SELECT a.attname::text FROM pg_catalog.pg_index AS i
-               JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-              WHERE i.indrelid = $1 AND i.indisprimary
-              ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            None,
-            &[tbl.oid().into()],
-        )? {
-            out.push(row.get::<String>(1)?.unwrap_or_default());
-        }
-        Ok::<_, WardenError>(out)
-    })?;
-    let args: Vec<String> = key
-        .iter()
-        .map(|k| format!("pk={k}"))
-        .chain(redact.iter().map(|r| format!("redact={r}")))
-        .collect();
-    let args = Spi::get_one_with_args::<String>(
-        "SELECT COALESCE(string_agg(quote_literal(a), ', '), '') FROM unnest($1::text[]) AS a",
-        &[args.into()],
-    )
-    .map_err(WardenError::from)?
-    .unwrap_or_default();
     drop_audit_triggers(&tbl, &table)?;
-    Spi::run(&format!(
-        "CREATE TRIGGER warden_audit AFTER INSERT OR UPDATE OR DELETE ON {table}
-             FOR EACH ROW EXECUTE FUNCTION warden.audit_row({args});
-         CREATE TRIGGER warden_audit_truncate AFTER TRUNCATE ON {table}
-             FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();"
-    ))
-    .map_err(WardenError::from)?;
+    attach_audit_triggers(tbl.oid(), &table, Some(&redact), true)?;
+    // The tables below it (partitions, inheritance children) get the
+    // TRUNCATE trigger, which PostgreSQL does not clone, and inheritance
+    // children the row trigger too (see `descendants`).
+    for edge in descendants::edges_below(tbl.oid())? {
+        descendants::carry_audit(&edge)?;
+    }
     audit::config_event(
         "audit.enabled",
         &target_name(&tbl)?,
         serde_json::json!({ "redact": redact }),
     )?;
+    Ok(())
+}
+
+/// The row audit trigger's name on every audited table.
+pub const ROW_TRIGGER: &str = "warden_audit";
+/// The TRUNCATE audit trigger's name.
+pub const TRUNCATE_TRIGGER: &str = "warden_audit_truncate";
+
+/// Creates the audit triggers on a table (`table`, its SQL name): the row
+/// trigger redacting `redact` (with the table's own primary key as the row
+/// key), replacing one already there, if `redact` is given; the TRUNCATE
+/// trigger if `truncate`.
+pub fn attach_audit_triggers(
+    oid: pg_sys::Oid,
+    table: &str,
+    redact: Option<&[String]>,
+    truncate: bool,
+) -> Result<(), WardenError> {
+    let mut ddl = String::new();
+    if let Some(redact) = redact {
+        let key: Vec<String> = Spi::connect(|client| {
+            let mut out = Vec::new();
+            for row in client.select(
+                "SELECT a.attname::text FROM pg_catalog.pg_index AS i
+                   JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                  WHERE i.indrelid = $1 AND i.indisprimary
+                  ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                None,
+                &[oid.into()],
+            )? {
+                out.push(row.get::<String>(1)?.unwrap_or_default());
+            }
+            Ok::<_, WardenError>(out)
+        })?;
+        let args: Vec<String> = key
+            .iter()
+            .map(|k| format!("pk={k}"))
+            .chain(redact.iter().map(|r| format!("redact={r}")))
+            .collect();
+        let args = Spi::get_one_with_args::<String>(
+            "SELECT COALESCE(string_agg(quote_literal(a), ', '), '') FROM unnest($1::text[]) AS a",
+            &[args.into()],
+        )?
+        .unwrap_or_default();
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+            &[oid.into(), ROW_TRIGGER.into()],
+        )?
+        .unwrap_or(false);
+        if exists {
+            ddl.push_str(&format!("DROP TRIGGER {ROW_TRIGGER} ON {table};\n"));
+        }
+        ddl.push_str(&format!(
+            "CREATE TRIGGER {ROW_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table}
+                 FOR EACH ROW EXECUTE FUNCTION warden.audit_row({args});\n"
+        ));
+    }
+    if truncate {
+        ddl.push_str(&format!(
+            "CREATE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {table}
+                 FOR EACH STATEMENT EXECUTE FUNCTION warden.audit_truncate();\n"
+        ));
+    }
+    if !ddl.is_empty() {
+        Spi::run(&ddl)?;
+    }
     Ok(())
 }
 
@@ -431,6 +473,11 @@ fn enable_audit(
 fn disable_audit(tbl: Option<Table>) -> SqlResult<()> {
     let tbl = required(tbl, "tbl")?;
     let table = table_sql(&tbl)?;
+    // Below first: a partition's clone of the row trigger goes with the
+    // parent's, but not the TRUNCATE trigger pg_warden gave it.
+    for edge in descendants::edges_below(tbl.oid())? {
+        descendants::drop_carried_audit(&edge)?;
+    }
     if drop_audit_triggers(&tbl, &table)? {
         audit::config_event("audit.disabled", &target_name(&tbl)?, serde_json::json!({}))?;
     }
@@ -452,7 +499,7 @@ fn target_name(tbl: &Table) -> Result<String, WardenError> {
 /// Drops the audit triggers of `table`; whether there were any.
 fn drop_audit_triggers(tbl: &Table, table: &str) -> Result<bool, WardenError> {
     let mut dropped = false;
-    for name in ["warden_audit", "warden_audit_truncate"] {
+    for name in [ROW_TRIGGER, TRUNCATE_TRIGGER] {
         let exists = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
             &[tbl.oid().into(), name.into()],

@@ -3,6 +3,7 @@
 
 mod audit;
 mod authz;
+mod descendants;
 mod encrypt;
 mod fmgr;
 mod info;

@@ -621,6 +621,43 @@ SELECT regress.error_of($$SELECT warden.purge_audit(now())$$);
 ROLLBACK;
 DROP TABLE public.bulk, public.spill;
 
+-- Partitions: PostgreSQL clones the row trigger to every partition, and
+-- pg_warden gives each one the TRUNCATE trigger too, whether it was made
+-- or attached before or after enable_audit (by its event trigger, with
+-- the rights of whoever ran the DDL), so a partition truncated on its own
+-- is recorded. An inheritance child (PostgreSQL clones nothing to those)
+-- also gets the row trigger, with the parent's redacted columns.
+-- disable_audit takes them all off again.
+SET ROLE regress_owner;
+CREATE TABLE public.parted (n int PRIMARY KEY, secret text) PARTITION BY RANGE (n);
+CREATE TABLE public.parted_1 PARTITION OF public.parted FOR VALUES FROM (0) TO (10);
+SELECT warden.enable_audit('public.parted', '{secret}');
+CREATE TABLE public.parted_2 PARTITION OF public.parted FOR VALUES FROM (10) TO (20);
+CREATE TABLE public.parted_3 (n int PRIMARY KEY, secret text);
+ALTER TABLE public.parted ATTACH PARTITION public.parted_3 FOR VALUES FROM (20) TO (30);
+CREATE TABLE public.legacy (n int PRIMARY KEY, secret text);
+SELECT warden.enable_audit('public.legacy', '{secret}');
+CREATE TABLE public.legacy_kid (extra int) INHERITS (public.legacy);
+CREATE TABLE public.legacy_adopted (n int NOT NULL, secret text, extra int);
+ALTER TABLE public.legacy_adopted INHERIT public.legacy;
+INSERT INTO public.parted VALUES (1, 'a'), (11, 'b'), (21, 'c');
+INSERT INTO public.legacy_kid VALUES (1, 'hush', 7);
+INSERT INTO public.legacy_adopted VALUES (2, 'hush', 8);
+UPDATE public.legacy SET secret = 'still hush';
+TRUNCATE public.parted_1;
+TRUNCATE public.parted_2, public.parted_3;
+TRUNCATE public.legacy_kid;
+RESET ROLE;
+SELECT action, target, row_key, old_values, new_values FROM warden.audit_log
+ WHERE target LIKE 'public.parted%' OR target LIKE 'public.legacy%' ORDER BY id, txn_seq;
+SET ROLE regress_owner;
+SELECT warden.disable_audit('public.parted');
+SELECT warden.disable_audit('public.legacy');
+SELECT tgrelid::regclass AS "table", tgname FROM pg_catalog.pg_trigger
+ WHERE tgrelid::regclass::text ~ '^(parted|legacy)' ORDER BY 1, 2;
+DROP TABLE public.parted, public.legacy_kid, public.legacy_adopted, public.legacy;
+RESET ROLE;
+
 -- Names are looked up once per backend, and again after a rename.
 CREATE SCHEMA regress_s;
 CREATE TABLE regress_s.t (n int PRIMARY KEY);

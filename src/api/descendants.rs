@@ -1,0 +1,370 @@
+//! Tables below a protected table. A partition (or an inheritance child)
+//! queried, written or truncated directly answers to its own policies and
+//! triggers, not its parent's: PostgreSQL clones a partitioned table's
+//! row triggers to its partitions, and nothing else. So pg_warden's
+//! policies and audit triggers are carried down the tree by pg_warden:
+//! - by the generators and `enable_audit` / `disable_audit`, over the
+//!   tables below at the time;
+//! - by the event trigger `warden_protect_new_children`, at the end of the
+//!   CREATE TABLE ... PARTITION OF / INHERITS or ALTER TABLE ... ATTACH
+//!   PARTITION / INHERIT that puts a table below a protected one.
+//!
+//! What is carried: every `warden_*` policy of the parent the child lacks
+//! (an exact copy, `pg_get_expr` of the parent's expressions: the tree's
+//! tables share their column names), row level security enabled and
+//! forced as on the parent; the TRUNCATE audit trigger; and, for an
+//! inheritance child (PostgreSQL clones nothing to those), the row audit
+//! trigger with the parent's redacted columns and the child's own primary
+//! key. All of it runs with the rights of whoever ran the command: they own
+//! the child (PostgreSQL requires it), which is all CREATE POLICY and
+//! CREATE TRIGGER need.
+//!
+//! A dump restores without this firing on anything: pg_dump puts
+//! partitions and attachments before every policy and trigger (its
+//! post-data section), so the parents have nothing to carry yet.
+
+use super::audit::{attach_audit_triggers, ROW_TRIGGER, TRUNCATE_TRIGGER};
+use super::fmgr::v1_function_info;
+use crate::error::{raise, WardenError};
+use pgrx::prelude::*;
+use pgrx::PgList;
+
+/// A parent and a table directly below it.
+pub struct Edge {
+    pub parent: pg_sys::Oid,
+    pub child: pg_sys::Oid,
+}
+
+/// The edges of the tree below `table` (partitions of partitions and
+/// inheritance grandchildren included), parents before their children.
+pub fn edges_below(table: pg_sys::Oid) -> Result<Vec<Edge>, WardenError> {
+    edges("inhparent", table)
+}
+
+/// The edges from each parent of `child` to it, then those below it,
+/// parents before their children.
+fn edges_into(child: pg_sys::Oid) -> Result<Vec<Edge>, WardenError> {
+    edges("inhrelid", child)
+}
+
+fn edges(start_column: &str, table: pg_sys::Oid) -> Result<Vec<Edge>, WardenError> {
+    // (A table can be reached twice in an inheritance tree: each edge is
+    // carried once, at its first depth.)
+    let query = format!(
+        "WITH RECURSIVE edge(parent, child, depth) AS (
+             SELECT inhparent, inhrelid, 0 FROM pg_catalog.pg_inherits WHERE {start_column} = $1
+             UNION
+             SELECT i.inhparent, i.inhrelid, e.depth + 1
+               FROM pg_catalog.pg_inherits AS i JOIN edge AS e ON i.inhparent = e.child
+              WHERE e.depth < 1000)
+         SELECT parent, child FROM edge GROUP BY parent, child ORDER BY min(depth), parent, child"
+    );
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(&query, None, &[table.into()])? {
+            if let (Some(parent), Some(child)) =
+                (row.get::<pg_sys::Oid>(1)?, row.get::<pg_sys::Oid>(2)?)
+            {
+                out.push(Edge { parent, child });
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// A table of the tree: its SQL name (`regclass` output), kind, and
+/// whether it is a partition.
+struct Relation {
+    name: String,
+    kind: String,
+    partition: bool,
+}
+
+fn relation(oid: pg_sys::Oid) -> Result<Option<Relation>, WardenError> {
+    Spi::connect(|client| {
+        let mut rows = client.select(
+            "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::pg_catalog.text,
+                    c.relispartition
+               FROM pg_catalog.pg_class AS c WHERE c.oid = $1",
+            None,
+            &[oid.into()],
+        )?;
+        let Some(row) = rows.next() else {
+            return Ok(None);
+        };
+        Ok(Some(Relation {
+            name: row.get::<String>(1)?.unwrap_or_default(),
+            kind: row.get::<String>(2)?.unwrap_or_default(),
+            partition: row.get::<bool>(3)?.unwrap_or(false),
+        }))
+    })
+}
+
+fn has_trigger(table: pg_sys::Oid, name: &str) -> Result<bool, WardenError> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+        &[table.into(), name.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// The columns the audit row trigger of `table` redacts (its `redact=`
+/// arguments), or `None` if it has no row audit trigger.
+fn redacted_columns(table: pg_sys::Oid) -> Result<Option<Vec<String>>, WardenError> {
+    Spi::connect(|client| {
+        let mut rows = client.select(
+            "SELECT tgargs FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
+            None,
+            &[table.into(), ROW_TRIGGER.into()],
+        )?;
+        let Some(row) = rows.next() else {
+            return Ok(None);
+        };
+        let args = row.get::<Vec<u8>>(1)?.unwrap_or_default();
+        Ok(Some(
+            args.split(|b| *b == 0)
+                .filter_map(|arg| arg.strip_prefix(b"redact="))
+                .map(|column| String::from_utf8_lossy(column).into_owned())
+                .collect(),
+        ))
+    })
+}
+
+/// Carries the parent's audit triggers to the child: the TRUNCATE trigger
+/// if the child lacks it; for an inheritance child, the row trigger with
+/// the parent's redacted columns (replacing the child's own: the parent's
+/// choice of what to redact holds for every row written through it).
+pub fn carry_audit(edge: &Edge) -> Result<(), WardenError> {
+    let Some(child) = relation(edge.child)? else {
+        return Ok(());
+    };
+    if !matches!(child.kind.as_str(), "r" | "p") {
+        return Ok(());
+    }
+    let truncate =
+        has_trigger(edge.parent, TRUNCATE_TRIGGER)? && !has_trigger(edge.child, TRUNCATE_TRIGGER)?;
+    let row = if child.partition {
+        // PostgreSQL's clone of the parent's row trigger is already there.
+        None
+    } else {
+        redacted_columns(edge.parent)?
+    };
+    attach_audit_triggers(edge.child, &child.name, row.as_deref(), truncate)
+}
+
+/// Takes the audit triggers pg_warden carried to the child off it again
+/// (for `disable_audit` of the parent): the TRUNCATE trigger, and an
+/// inheritance child's row trigger. (A partition's clone of the row
+/// trigger goes with the parent's.)
+pub fn drop_carried_audit(edge: &Edge) -> Result<(), WardenError> {
+    let Some(child) = relation(edge.child)? else {
+        return Ok(());
+    };
+    let mut names = vec![TRUNCATE_TRIGGER];
+    if !child.partition {
+        names.push(ROW_TRIGGER);
+    }
+    for name in names {
+        if has_trigger(edge.child, name)? {
+            Spi::run(&format!(
+                "DROP TRIGGER {} ON {}",
+                quote_ident(name)?,
+                child.name
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+fn quote_ident(ident: &str) -> Result<String, WardenError> {
+    Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident($1)", &[ident.into()])?
+        .ok_or_else(|| WardenError::Internal("quote_ident returned NULL".into()))
+}
+
+/// Carries the parent's `warden_*` policies the child lacks, with row
+/// level security enabled (and forced) as on the parent.
+fn carry_policies(edge: &Edge) -> Result<(), WardenError> {
+    let Some(child) = relation(edge.child)? else {
+        return Ok(());
+    };
+    // One statement per missing policy, ready to run; and whether the
+    // parent has any of pg_warden's policies, enables, forces.
+    let (ddl, any, enabled, forced): (Vec<String>, bool, bool, bool) = Spi::connect(|client| {
+        let flags = client.select(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_policy
+                             WHERE polrelid = c.oid AND polname OPERATOR(pg_catalog.~~) 'warden\\_%'),
+                    c.relrowsecurity, c.relforcerowsecurity
+               FROM pg_catalog.pg_class AS c WHERE c.oid = $1",
+            None,
+            &[edge.parent.into()],
+        )?;
+        let (mut any, mut enabled, mut forced) = (false, false, false);
+        for row in flags {
+            any = row.get::<bool>(1)?.unwrap_or(false);
+            enabled = row.get::<bool>(2)?.unwrap_or(false);
+            forced = row.get::<bool>(3)?.unwrap_or(false);
+        }
+        let mut ddl = Vec::new();
+        if !any {
+            return Ok::<_, WardenError>((ddl, any, enabled, forced));
+        }
+        for row in client.select(
+            "SELECT pg_catalog.format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s',
+                        p.polname, $3::pg_catalog.text,
+                        CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+                        CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT'
+                                      WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+                        CASE WHEN p.polroles OPERATOR(pg_catalog.@>) '{0}'::pg_catalog.oid[] THEN 'PUBLIC'
+                             ELSE (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.rolname), ', ')
+                                     FROM pg_catalog.pg_roles AS r
+                                    WHERE r.oid OPERATOR(pg_catalog.=) ANY (p.polroles)) END,
+                        ' USING (' OPERATOR(pg_catalog.||) pg_catalog.pg_get_expr(p.polqual, p.polrelid)
+                            OPERATOR(pg_catalog.||) ')',
+                        ' WITH CHECK (' OPERATOR(pg_catalog.||)
+                            pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) OPERATOR(pg_catalog.||) ')')
+               FROM pg_catalog.pg_policy AS p
+              WHERE p.polrelid = $1 AND p.polname OPERATOR(pg_catalog.~~) 'warden\\_%'
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy AS q
+                                 WHERE q.polrelid = $2 AND q.polname = p.polname)
+              ORDER BY p.polname",
+            None,
+            &[edge.parent.into(), edge.child.into(), child.name.clone().into()],
+        )? {
+            if let Some(statement) = row.get::<String>(1)? {
+                ddl.push(statement);
+            }
+        }
+        Ok((ddl, any, enabled, forced))
+    })?;
+    if !any {
+        return Ok(());
+    }
+    if !matches!(child.kind.as_str(), "r" | "p") {
+        pgrx::warning!(
+            "{} is below a table with pg_warden's policies but cannot have row level security \
+             (a foreign table): queried directly, it shows every workspace's rows",
+            child.name
+        );
+        return Ok(());
+    }
+    let mut script = String::new();
+    if enabled {
+        script.push_str(&format!(
+            "ALTER TABLE {} ENABLE ROW LEVEL SECURITY;\n",
+            child.name
+        ));
+    }
+    if forced {
+        script.push_str(&format!(
+            "ALTER TABLE {} FORCE ROW LEVEL SECURITY;\n",
+            child.name
+        ));
+    }
+    for statement in ddl {
+        script.push_str(&statement);
+        script.push_str(";\n");
+    }
+    if !script.is_empty() {
+        Spi::run(&script)?;
+    }
+    Ok(())
+}
+
+/// The tables a CREATE TABLE or ALTER TABLE statement has just put below
+/// another one (as a partition or an inheritance child).
+///
+/// # Safety
+/// `tree` is the statement of the running event trigger.
+unsafe fn new_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
+    // SAFETY: node tags checked before each cast; the statement's lists
+    // and names are its own, alive through the event trigger.
+    unsafe {
+        let relid = |name: *mut pg_sys::RangeVar| {
+            if name.is_null() {
+                return None;
+            }
+            let oid = pg_sys::RangeVarGetRelidExtended(
+                name,
+                pg_sys::NoLock as pg_sys::LOCKMODE,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            );
+            (oid != pg_sys::InvalidOid).then_some(oid)
+        };
+        let mut out = Vec::new();
+        if tree.is_null() {
+            return out;
+        }
+        match (*tree).type_ {
+            // (CREATE FOREIGN TABLE's statement begins with a CreateStmt.)
+            pg_sys::NodeTag::T_CreateStmt | pg_sys::NodeTag::T_CreateForeignTableStmt => {
+                let stmt = tree.cast::<pg_sys::CreateStmt>();
+                if !(*stmt).inhRelations.is_null() || !(*stmt).partbound.is_null() {
+                    out.extend(relid((*stmt).relation));
+                }
+            }
+            pg_sys::NodeTag::T_AlterTableStmt => {
+                let stmt = tree.cast::<pg_sys::AlterTableStmt>();
+                let cmds = PgList::<pg_sys::Node>::from_pg((*stmt).cmds);
+                for cmd in cmds.iter_ptr() {
+                    if cmd.is_null() || (*cmd).type_ != pg_sys::NodeTag::T_AlterTableCmd {
+                        continue;
+                    }
+                    let cmd = cmd.cast::<pg_sys::AlterTableCmd>();
+                    match (*cmd).subtype {
+                        pg_sys::AlterTableType::AT_AttachPartition => {
+                            let def = (*cmd).def;
+                            if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_PartitionCmd {
+                                out.extend(relid((*def.cast::<pg_sys::PartitionCmd>()).name));
+                            }
+                        }
+                        pg_sys::AlterTableType::AT_AddInherit => {
+                            out.extend(relid((*stmt).relation));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.sort_by_key(|oid| oid.to_u32());
+        out.dedup();
+        out
+    }
+}
+
+/// `warden.protect_new_children() RETURNS event_trigger`, run by the event
+/// trigger `warden_protect_new_children` at the end of CREATE TABLE, CREATE
+/// FOREIGN TABLE and ALTER TABLE: a table just put below others gets their
+/// pg_warden policies and audit triggers, and so does every table below it.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn warden_protect_new_children(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is the call's; its context is checked to be an event
+    // trigger's before it is read as one.
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
+            raise(WardenError::MisattachedEventTrigger);
+        }
+        let data = context.cast::<pg_sys::EventTriggerData>();
+        for child in new_children((*data).parsetree) {
+            let carried = edges_into(child).and_then(|edges| {
+                for edge in &edges {
+                    carry_policies(edge)?;
+                    carry_audit(edge)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = carried {
+                raise(e);
+            }
+        }
+        pg_sys::Datum::from(0)
+    }
+}
+
+v1_function_info!(pg_finfo_warden_protect_new_children);
