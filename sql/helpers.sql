@@ -30,16 +30,18 @@ CREATE FUNCTION warden.decrypt_bytea(ciphertext bytea, context text DEFAULT NULL
 COMMENT ON FUNCTION warden.decrypt_bytea(bytea, text) IS
     'pg_warden: decrypt a ciphertext of the acting workspace to its bytes';
 
--- A table put below a protected one later (CREATE TABLE ... PARTITION OF or
--- INHERITS, ALTER TABLE ... ATTACH PARTITION or INHERIT) gets its
--- pg_warden policies and audit triggers, with the rights of whoever ran the
--- command (see src/api/descendants.rs): queried or truncated directly, a
--- partition answers to its own, not its parent's.
-CREATE FUNCTION warden.protect_new_children() RETURNS event_trigger
+-- pg_warden's event trigger (src/api/ddl.rs), run with the rights of whoever
+-- ran the command: a table put below a protected one later (CREATE TABLE
+-- ... PARTITION OF or INHERITS, ALTER TABLE ... ATTACH PARTITION or
+-- INHERIT) gets its pg_warden policies and audit triggers (queried or
+-- truncated directly, a partition answers to its own, not its parent's);
+-- an audited table's audit triggers switched off or on (ALTER TABLE ...
+-- DISABLE / ENABLE TRIGGER) are recorded.
+CREATE FUNCTION warden.ddl_command_end() RETURNS event_trigger
     LANGUAGE c SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'warden_protect_new_children';
-COMMENT ON FUNCTION warden.protect_new_children() IS
-    'pg_warden: gives a new partition or inheritance child its parent''s policies and audit triggers';
-CREATE EVENT TRIGGER warden_protect_new_children ON ddl_command_end
+    AS 'MODULE_PATHNAME', 'warden_ddl_command_end';
+COMMENT ON FUNCTION warden.ddl_command_end() IS
+    'pg_warden: carries policies and audit triggers to new partitions and children, records audit triggers switched';
+CREATE EVENT TRIGGER warden_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE FOREIGN TABLE', 'ALTER TABLE')
-    EXECUTE FUNCTION warden.protect_new_children();
+    EXECUTE FUNCTION warden.ddl_command_end();

@@ -124,7 +124,7 @@ pub enum WardenError {
     AuditTooManyEntries,
     #[error("{0}() must be attached as an AFTER {1} trigger (warden.enable_audit() does that)")]
     MisattachedTrigger(&'static str, &'static str),
-    #[error("warden.protect_new_children() runs only as pg_warden's event trigger")]
+    #[error("warden.ddl_command_end() runs only as pg_warden's event trigger")]
     MisattachedEventTrigger,
     #[error("permission denied, and the denial could not be recorded: {0}")]
     DenialNotRecorded(&'static str),

@@ -487,11 +487,16 @@ fn disable_audit(tbl: Option<Table>) -> SqlResult<()> {
 /// A table as the trail names it (`schema.table`, unquoted, as its rows'
 /// entries do).
 fn target_name(tbl: &Table) -> Result<String, WardenError> {
+    target_name_of(tbl.oid())
+}
+
+/// [`target_name`] of a table by OID.
+pub fn target_name_of(oid: pg_sys::Oid) -> Result<String, WardenError> {
     Spi::get_one_with_args::<String>(
         "SELECT n.nspname::text || '.' || c.relname::text
            FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
           WHERE c.oid = $1",
-        &[tbl.oid().into()],
+        &[oid.into()],
     )?
     .ok_or_else(|| WardenError::Internal("the table is gone".into()))
 }
@@ -545,7 +550,7 @@ fn log_event(
 /// denial, a key, membership, role, permission or audit change): an
 /// application's event may not pass for one.
 fn reserved_action(action: &str) -> bool {
-    const RESERVED: [&str; 20] = [
+    const RESERVED: [&str; 22] = [
         "insert",
         "update",
         "delete",
@@ -557,6 +562,8 @@ fn reserved_action(action: &str) -> bool {
         "key.rewrap",
         "audit.enabled",
         "audit.disabled",
+        "audit.paused",
+        "audit.resumed",
         "membership.added",
         "membership.changed",
         "membership.removed",

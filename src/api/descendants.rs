@@ -5,7 +5,7 @@
 //! policies and audit triggers are carried down the tree by pg_warden:
 //! - by the generators and `enable_audit` / `disable_audit`, over the
 //!   tables below at the time;
-//! - by the event trigger `warden_protect_new_children`, at the end of the
+//! - by pg_warden's event trigger (`ddl`), at the end of the
 //!   CREATE TABLE ... PARTITION OF / INHERITS or ALTER TABLE ... ATTACH
 //!   PARTITION / INHERIT that puts a table below a protected one.
 //!
@@ -24,8 +24,7 @@
 //! post-data section), so the parents have nothing to carry yet.
 
 use super::audit::{attach_audit_triggers, ROW_TRIGGER, TRUNCATE_TRIGGER};
-use super::fmgr::v1_function_info;
-use crate::error::{raise, WardenError};
+use crate::error::WardenError;
 use pgrx::prelude::*;
 use pgrx::PgList;
 
@@ -270,6 +269,28 @@ fn carry_policies(edge: &Edge) -> Result<(), WardenError> {
     Ok(())
 }
 
+/// The table a statement names, if it exists.
+///
+/// # Safety
+/// `name` is null or a statement's `RangeVar`.
+pub unsafe fn range_var_oid(name: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: a live RangeVar; missing_ok, no lock (the statement that
+    // named it holds its own).
+    let oid = unsafe {
+        pg_sys::RangeVarGetRelidExtended(
+            name,
+            pg_sys::NoLock as pg_sys::LOCKMODE,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
 /// The tables a CREATE TABLE or ALTER TABLE statement has just put below
 /// another one (as a partition or an inheritance child).
 ///
@@ -279,19 +300,7 @@ unsafe fn new_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
     // SAFETY: node tags checked before each cast; the statement's lists
     // and names are its own, alive through the event trigger.
     unsafe {
-        let relid = |name: *mut pg_sys::RangeVar| {
-            if name.is_null() {
-                return None;
-            }
-            let oid = pg_sys::RangeVarGetRelidExtended(
-                name,
-                pg_sys::NoLock as pg_sys::LOCKMODE,
-                pg_sys::RVROption::RVR_MISSING_OK,
-                None,
-                std::ptr::null_mut(),
-            );
-            (oid != pg_sys::InvalidOid).then_some(oid)
-        };
+        let relid = |name| range_var_oid(name);
         let mut out = Vec::new();
         if tree.is_null() {
             return out;
@@ -334,37 +343,19 @@ unsafe fn new_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
     }
 }
 
-/// `warden.protect_new_children() RETURNS event_trigger`, run by the event
-/// trigger `warden_protect_new_children` at the end of CREATE TABLE, CREATE
-/// FOREIGN TABLE and ALTER TABLE: a table just put below others gets their
-/// pg_warden policies and audit triggers, and so does every table below it.
-#[pg_guard]
-#[no_mangle]
-pub unsafe extern "C-unwind" fn warden_protect_new_children(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> pg_sys::Datum {
-    // SAFETY: fcinfo is the call's; its context is checked to be an event
-    // trigger's before it is read as one.
-    unsafe {
-        let context = (*fcinfo).context;
-        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
-            raise(WardenError::MisattachedEventTrigger);
+/// Gives each table a statement has just put below others (see
+/// [`new_children`]) their pg_warden policies and audit triggers, and so
+/// every table below it.
+///
+/// # Safety
+/// `tree` is the statement of the running event trigger.
+pub unsafe fn protect_new_children(tree: *mut pg_sys::Node) -> Result<(), WardenError> {
+    // SAFETY: as the caller's.
+    for child in unsafe { new_children(tree) } {
+        for edge in &edges_into(child)? {
+            carry_policies(edge)?;
+            carry_audit(edge)?;
         }
-        let data = context.cast::<pg_sys::EventTriggerData>();
-        for child in new_children((*data).parsetree) {
-            let carried = edges_into(child).and_then(|edges| {
-                for edge in &edges {
-                    carry_policies(edge)?;
-                    carry_audit(edge)?;
-                }
-                Ok(())
-            });
-            if let Err(e) = carried {
-                raise(e);
-            }
-        }
-        pg_sys::Datum::from(0)
     }
+    Ok(())
 }
-
-v1_function_info!(pg_finfo_warden_protect_new_children);

@@ -3,6 +3,7 @@
 
 mod audit;
 mod authz;
+mod ddl;
 mod descendants;
 mod encrypt;
 mod fmgr;

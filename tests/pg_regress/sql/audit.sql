@@ -621,6 +621,32 @@ SELECT regress.error_of($$SELECT warden.purge_audit(now())$$);
 ROLLBACK;
 DROP TABLE public.bulk, public.spill;
 
+-- The owner can switch the audit triggers off, but not without a trace:
+-- ALTER TABLE ... DISABLE / ENABLE [REPLICA | ALWAYS] TRIGGER of one of
+-- them, or of ALL or USER, is recorded (audit.paused while one of them
+-- does not fire in an ordinary session, audit.resumed when both do); a
+-- rolled-back switch leaves nothing, nor does one on a table not audited.
+SET ROLE regress_owner;
+CREATE TABLE public.paused (n int PRIMARY KEY);
+SELECT warden.enable_audit('public.paused');
+ALTER TABLE public.paused DISABLE TRIGGER warden_audit;
+INSERT INTO public.paused VALUES (1);
+ALTER TABLE public.paused ENABLE TRIGGER warden_audit;
+ALTER TABLE public.paused DISABLE TRIGGER USER, ENABLE REPLICA TRIGGER warden_audit_truncate;
+ALTER TABLE public.paused ENABLE TRIGGER USER;
+ALTER TABLE public.paused ENABLE ALWAYS TRIGGER warden_audit;
+BEGIN;
+ALTER TABLE public.paused DISABLE TRIGGER warden_audit;
+ROLLBACK;
+INSERT INTO public.paused VALUES (2);
+CREATE TABLE public.unaudited (n int);
+ALTER TABLE public.unaudited DISABLE TRIGGER USER;
+RESET ROLE;
+SELECT action, target, row_key, detail FROM warden.audit_log
+ WHERE target IN ('public.paused', 'public.unaudited') ORDER BY id;
+SELECT regress.error_of($$SELECT warden.log_event('audit.paused', 'public.paused')$$);
+DROP TABLE public.paused, public.unaudited;
+
 -- Partitions: PostgreSQL clones the row trigger to every partition, and
 -- pg_warden gives each one the TRUNCATE trigger too, whether it was made
 -- or attached before or after enable_audit (by its event trigger, with
