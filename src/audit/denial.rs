@@ -77,6 +77,7 @@ fn record_in_trail(
             "the server is a read-only standby",
         ));
     }
+    take_a_turn()?;
     // SAFETY: a new segment of our struct's size, filled before anyone
     // else can see it; pinned so that it outlives this backend's mapping
     // (the worker unpins it), so the denial is recorded even if this
@@ -135,6 +136,55 @@ fn record_in_trail(
         Err(WardenError::DenialNotRecorded(
             "the background worker could not write it (see the server log)",
         ))
+    }
+}
+
+/// How many denials of a database are being recorded at once, at most:
+/// each takes a background worker (a process, from the slots parallel
+/// queries and logical replication share), so a flood of denials (a
+/// tenant probing an API it may not use) must not take them all, nor fork
+/// a process per request. Denials beyond that wait their turn (each takes
+/// a few milliseconds), within [`WORKER_DEADLINE`].
+const WORKERS_PER_DATABASE: i32 = 2;
+
+/// The advisory lock class of the turns (the two-`int4` key space, apart
+/// from the `bigint` keys the chains lock): "WARD".
+const TURN_LOCK_CLASS: i32 = 0x5741_5244;
+
+/// Waits for one of the database's [`WORKERS_PER_DATABASE`] turns to
+/// record a denial: a transaction-level advisory lock, let go when the
+/// denied transaction ends (it does, right after `require()` raises).
+fn take_a_turn() -> Result<(), WardenError> {
+    let started = std::time::Instant::now();
+    loop {
+        for turn in 0..WORKERS_PER_DATABASE {
+            // SAFETY: pg_try_advisory_xact_lock(int4, int4): never waits.
+            let taken = unsafe {
+                pgrx::direct_function_call::<bool>(
+                    pg_sys::pg_try_advisory_xact_lock_int4,
+                    &[TURN_LOCK_CLASS.into_datum(), turn.into_datum()],
+                )
+            };
+            if taken == Some(true) {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > WORKER_DEADLINE {
+            return Err(WardenError::DenialNotRecorded(
+                "too many denials were being recorded at once",
+            ));
+        }
+        // SAFETY: a short sleep on this process's latch.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                2,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
     }
 }
 

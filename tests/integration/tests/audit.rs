@@ -290,6 +290,54 @@ fn a_denial_outlives_the_denied_transaction() {
 }
 
 #[test]
+fn denials_take_turns_for_background_workers() {
+    setup("audit_turns");
+    // Both of the database's turns taken (as a flood of denials would):
+    // a denial waits, without starting a background worker, until one is
+    // free, and is then recorded.
+    let mut holder = cluster().superuser("audit_turns");
+    holder
+        .batch_execute(
+            "SELECT pg_advisory_lock(1463898692, 0); SELECT pg_advisory_lock(1463898692, 1);",
+        )
+        .unwrap();
+    let denied = std::thread::spawn(|| {
+        let mut a = app("audit_turns", WS_A, USER_A);
+        let err = a
+            .execute("SELECT warden.require('events.purge')", &[])
+            .unwrap_err();
+        pg_warden_integration::sqlstate(&err)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let waiting: (i64, i64) = {
+        let row = holder
+            .query_one(
+                "SELECT count(*) FILTER (WHERE query LIKE '%warden.require%' AND state = 'active'),
+                        count(*) FILTER (WHERE backend_type = 'pg_warden denial')
+                   FROM pg_stat_activity WHERE datname = 'audit_turns' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(waiting, (1, 0), "one denial waiting, no worker started");
+    assert!(!denied.is_finished());
+    holder
+        .batch_execute("SELECT pg_advisory_unlock(1463898692, 1)")
+        .unwrap();
+    assert_eq!(denied.join().unwrap(), "42501");
+    let mut admin = cluster().connect("audit_turns", "audit_admin").unwrap();
+    let denials: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM warden.audit_log WHERE action = 'permission.denied'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(denials, 1);
+}
+
+#[test]
 fn membership_changes_by_an_administrator_reach_the_tenant_trail() {
     setup("audit_access");
     let mut admin = cluster().connect("audit_access", "audit_admin").unwrap();
