@@ -49,13 +49,18 @@ pub fn record_denial(
     if let Err(WardenError::DenialNotRecorded(reason)) = &result {
         // SAFETY: reads shared recovery state (a standby logged it already).
         if !unsafe { pg_sys::RecoveryInProgress() } {
-            pgrx::log!(
-                "pg_warden: permission denied, not in the audit trail ({reason}): {}",
-                &permission[..permission.floor_char_boundary(MAX_PERMISSION)]
-            );
+            log_unrecorded(permission, reason);
         }
     }
     result
+}
+
+/// Writes a denial that is not in the trail to the server log.
+fn log_unrecorded(permission: &str, reason: &str) {
+    pgrx::log!(
+        "pg_warden: permission denied, not in the audit trail ({reason}): {}",
+        &permission[..permission.floor_char_boundary(MAX_PERMISSION)]
+    );
 }
 
 fn record_in_trail(
@@ -63,6 +68,7 @@ fn record_in_trail(
     workspace: Option<[u8; 16]>,
     actor: Option<[u8; 16]>,
 ) -> Result<(), WardenError> {
+    let denied = permission;
     let permission = &permission.as_bytes()[..permission.len().min(MAX_PERMISSION)];
     // A standby writes nothing, and never starts a worker that would
     // (it would wait for the end of recovery): the denial goes to the
@@ -77,7 +83,7 @@ fn record_in_trail(
             "the server is a read-only standby",
         ));
     }
-    take_a_turn()?;
+    take_a_turn(denied)?;
     // SAFETY: a new segment of our struct's size, filled before anyone
     // else can see it; pinned so that it outlives this backend's mapping
     // (the worker unpins it), so the denial is recorded even if this
@@ -154,7 +160,11 @@ const TURN_LOCK_CLASS: i32 = 0x5741_5244;
 /// Waits for one of the database's [`WORKERS_PER_DATABASE`] turns to
 /// record a denial: a transaction-level advisory lock, let go when the
 /// denied transaction ends (it does, right after `require()` raises).
-fn take_a_turn() -> Result<(), WardenError> {
+/// A cancel or termination ends the wait, as any wait in `require()`; the
+/// denial then goes to the server log before the cancel is raised (else a
+/// session could learn that it is denied, from the wait, and leave no
+/// trace of it anywhere).
+fn take_a_turn(permission: &str) -> Result<(), WardenError> {
     let started = std::time::Instant::now();
     loop {
         for turn in 0..WORKERS_PER_DATABASE {
@@ -183,6 +193,9 @@ fn take_a_turn() -> Result<(), WardenError> {
                 pg_sys::PG_WAIT_EXTENSION,
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
+            if pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 {
+                log_unrecorded(permission, "cancelled while waiting for its turn");
+            }
         }
         pgrx::check_for_interrupts!();
     }

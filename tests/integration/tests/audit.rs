@@ -322,6 +322,20 @@ fn denials_take_turns_for_background_workers() {
     };
     assert_eq!(waiting, (1, 0), "one denial waiting, no worker started");
     assert!(!denied.is_finished());
+    // A denial cancelled while it waits (here by statement_timeout) is
+    // not in the trail, but in the server log: waiting, then cancelling,
+    // does not tell a session it is denied without a trace.
+    let mut impatient = app("audit_turns", WS_A, USER_A);
+    let err = impatient
+        .batch_execute("SET statement_timeout = '300ms'; SELECT warden.require('events.export')")
+        .unwrap_err();
+    assert_eq!(pg_warden_integration::sqlstate(&err), "57014", "{err}");
+    assert!(
+        cluster().server_log().contains(
+            "not in the audit trail (cancelled while waiting for its turn): events.export"
+        ),
+        "the cancelled denial is in the server log"
+    );
     holder
         .batch_execute("SELECT pg_advisory_unlock(1463898692, 1)")
         .unwrap();
