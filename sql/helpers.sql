@@ -37,11 +37,14 @@ COMMENT ON FUNCTION warden.decrypt_bytea(bytea, text) IS
 -- truncated directly, a partition answers to its own, not its parent's);
 -- an audited table's audit triggers switched off or on (ALTER TABLE ...
 -- DISABLE / ENABLE TRIGGER) are recorded.
+-- (No SET search_path: the statement's names are resolved first under the
+-- caller's path, as the statement resolved them; the function pins the path
+-- itself for everything after.)
 CREATE FUNCTION warden.ddl_command_end() RETURNS event_trigger
-    LANGUAGE c SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'warden_ddl_command_end';
+    LANGUAGE c AS 'MODULE_PATHNAME', 'warden_ddl_command_end';
 COMMENT ON FUNCTION warden.ddl_command_end() IS
     'pg_warden: carries policies and audit triggers to new partitions and children, records audit triggers switched';
 CREATE EVENT TRIGGER warden_ddl_command_end ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE FOREIGN TABLE', 'ALTER TABLE')
+    WHEN TAG IN ('CREATE TABLE', 'CREATE FOREIGN TABLE', 'CREATE SCHEMA', 'ALTER TABLE',
+                 'ALTER FOREIGN TABLE')
     EXECUTE FUNCTION warden.ddl_command_end();

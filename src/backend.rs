@@ -77,6 +77,38 @@ pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T, WardenError>) -> Resu
     f()
 }
 
+/// Runs `f` with the search path pinned to `pg_catalog, pg_temp`, as a
+/// function's `SET search_path` would (for code that must first resolve
+/// names under the caller's path, then query safely).
+pub fn with_pinned_search_path<T>(
+    f: impl FnOnce() -> Result<T, WardenError>,
+) -> Result<T, WardenError> {
+    struct Pinned(i32);
+    impl Drop for Pinned {
+        fn drop(&mut self) {
+            // SAFETY: pops the nest level opened below.
+            unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+        }
+    }
+    // SAFETY: a new setting nest level, and the path set at it, as
+    // fmgr_security_definer does for a function's SET clause.
+    let _pinned = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        Pinned(level)
+    };
+    f()
+}
+
 /// [`as_extension_owner`] for code that runs no query and resolves no name
 /// (appending the trail's rows by OID): the search path is left alone,
 /// which saves setting it twice on every audited commit.

@@ -442,13 +442,13 @@ pub fn attach_audit_triggers(
             &[args.into()],
         )?
         .unwrap_or_default();
-        let exists = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
-            &[oid.into(), ROW_TRIGGER.into()],
-        )?
-        .unwrap_or(false);
-        if exists {
-            ddl.push_str(&format!("DROP TRIGGER {ROW_TRIGGER} ON {table};\n"));
+        for trigger in audit_triggers(oid)? {
+            if trigger.row && !trigger.cloned {
+                ddl.push_str(&format!(
+                    "DROP TRIGGER {} ON {table};\n",
+                    quote_ident(&trigger.name)?
+                ));
+            }
         }
         ddl.push_str(&format!(
             "CREATE TRIGGER {ROW_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table}
@@ -474,9 +474,17 @@ fn disable_audit(tbl: Option<Table>) -> SqlResult<()> {
     let tbl = required(tbl, "tbl")?;
     let table = table_sql(&tbl)?;
     // Below first: a partition's clone of the row trigger goes with the
-    // parent's, but not the TRUNCATE trigger pg_warden gave it.
+    // parent's, but not the TRUNCATE trigger pg_warden gave it. Each table
+    // below that had audit triggers is recorded as disabled too (some may
+    // have had their own).
     for edge in descendants::edges_below(tbl.oid())? {
-        descendants::drop_carried_audit(&edge)?;
+        if descendants::drop_carried_audit(&edge)? {
+            audit::config_event(
+                "audit.disabled",
+                &target_name_of(edge.child)?,
+                serde_json::json!({ "with": target_name(&tbl)? }),
+            )?;
+        }
     }
     if drop_audit_triggers(&tbl, &table)? {
         audit::config_event("audit.disabled", &target_name(&tbl)?, serde_json::json!({}))?;
@@ -501,21 +509,83 @@ pub fn target_name_of(oid: pg_sys::Oid) -> Result<String, WardenError> {
     .ok_or_else(|| WardenError::Internal("the table is gone".into()))
 }
 
-/// Drops the audit triggers of `table`; whether there were any.
-fn drop_audit_triggers(tbl: &Table, table: &str) -> Result<bool, WardenError> {
+/// Drops the audit triggers of `table` (its own, not a partition's clones
+/// of its parent's); whether there were any.
+pub fn drop_audit_triggers_of(oid: pg_sys::Oid, table: &str) -> Result<bool, WardenError> {
     let mut dropped = false;
-    for name in [ROW_TRIGGER, TRUNCATE_TRIGGER] {
-        let exists = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
-            &[tbl.oid().into(), name.into()],
-        )?
-        .unwrap_or(false);
-        if exists {
-            Spi::run(&format!("DROP TRIGGER {name} ON {table}"))?;
+    for trigger in audit_triggers(oid)? {
+        if !trigger.cloned {
+            Spi::run(&format!(
+                "DROP TRIGGER {} ON {table}",
+                quote_ident(&trigger.name)?
+            ))?;
             dropped = true;
         }
     }
     Ok(dropped)
+}
+
+fn drop_audit_triggers(tbl: &Table, table: &str) -> Result<bool, WardenError> {
+    drop_audit_triggers_of(tbl.oid(), table)
+}
+
+fn quote_ident(ident: &str) -> Result<String, WardenError> {
+    Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident($1)", &[ident.into()])?
+        .ok_or_else(|| WardenError::Internal("quote_ident returned NULL".into()))
+}
+
+/// An audit trigger of a table, known by the function it runs (whatever it
+/// is called now: a renamed one is still one).
+pub struct AuditTrigger {
+    pub name: String,
+    /// `warden.audit_row` (else `warden.audit_truncate`).
+    pub row: bool,
+    /// `pg_trigger.tgenabled`: O, A (fire), R (replica only), D.
+    pub enabled: String,
+    /// A partition's clone of its parent's.
+    pub cloned: bool,
+    /// Its arguments, NUL-terminated one after the other.
+    pub args: Vec<u8>,
+}
+
+impl AuditTrigger {
+    /// The columns a row trigger redacts (its `redact=` arguments).
+    pub fn redacted(&self) -> Vec<String> {
+        self.args
+            .split(|b| *b == 0)
+            .filter_map(|arg| arg.strip_prefix(b"redact="))
+            .map(|column| String::from_utf8_lossy(column).into_owned())
+            .collect()
+    }
+}
+
+/// The audit triggers of a table, by name.
+pub fn audit_triggers(oid: pg_sys::Oid) -> Result<Vec<AuditTrigger>, WardenError> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT t.tgname::pg_catalog.text,
+                    t.tgfoid OPERATOR(pg_catalog.=) 'warden.audit_row()'::pg_catalog.regprocedure,
+                    t.tgenabled::pg_catalog.text, t.tgparentid OPERATOR(pg_catalog.<>) 0, t.tgargs
+               FROM pg_catalog.pg_trigger AS t
+              WHERE t.tgrelid OPERATOR(pg_catalog.=) $1
+                AND t.tgfoid OPERATOR(pg_catalog.=) ANY (ARRAY[
+                        'warden.audit_row()'::pg_catalog.regprocedure,
+                        'warden.audit_truncate()'::pg_catalog.regprocedure]::pg_catalog.oid[])
+              ORDER BY 1",
+            None,
+            &[oid.into()],
+        )? {
+            out.push(AuditTrigger {
+                name: row.get::<String>(1)?.unwrap_or_default(),
+                row: row.get::<bool>(2)?.unwrap_or(false),
+                enabled: row.get::<String>(3)?.unwrap_or_default(),
+                cloned: row.get::<bool>(4)?.unwrap_or(false),
+                args: row.get::<Vec<u8>>(5)?.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// Records an application event (token use, outbound call, export) under

@@ -1,29 +1,40 @@
 //! pg_warden's event trigger, `warden_ddl_command_end`: at the end of
-//! CREATE TABLE, CREATE FOREIGN TABLE and ALTER TABLE it
+//! CREATE TABLE, CREATE FOREIGN TABLE, CREATE SCHEMA, ALTER TABLE and ALTER
+//! FOREIGN TABLE it
 //! - gives a table just put below a protected one its protections (see
 //!   `descendants`);
-//! - records an audited table's audit triggers switched off or on
-//!   (`ALTER TABLE ... DISABLE TRIGGER`, `ENABLE [REPLICA | ALWAYS]
-//!   TRIGGER`, by name, `ALL` or `USER`) as `audit.paused` (one of them no
-//!   longer fires in an ordinary session: disabled, or replica only) or
-//!   `audit.resumed`, in the trail outside any workspace, like
-//!   `audit.enabled`: a table's owner can still stop its trail, but not
-//!   without a trace. (A rolled-back ALTER TABLE takes its entry along,
-//!   and its change with it.)
+//! - records an audited table's audit triggers (known by the function they
+//!   run, whatever they are called) switched off or on (`ALTER TABLE ...
+//!   DISABLE TRIGGER`, `ENABLE [REPLICA | ALWAYS] TRIGGER`, by name, `ALL`
+//!   or `USER`) as `audit.paused` (one of them no longer fires in an
+//!   ordinary session: disabled, or replica only) or `audit.resumed`, in
+//!   the trail outside any workspace, like `audit.enabled`: a table's owner
+//!   can still stop its trail, but not without a trace. (A rolled-back
+//!   ALTER TABLE takes its entry along, and its change with it.) A
+//!   superuser's switches are not recorded: a superuser can stop the trail
+//!   untraced anyway (`session_replication_role`), and data-only restores
+//!   (`pg_restore --disable-triggers`) switch every table's triggers off
+//!   and on again.
+//!
+//! The statement's names are resolved first, under the caller's search
+//! path (as the statement resolved them); everything after runs with the
+//! path pinned.
 
-use super::audit::{target_name_of, ROW_TRIGGER, TRUNCATE_TRIGGER};
-use super::descendants::{protect_new_children, range_var_oid};
+use super::audit::{audit_triggers, target_name_of};
+use super::descendants::{new_children, protect_children, range_var_oid};
 use super::fmgr::v1_function_info;
 use crate::audit;
+use crate::backend::with_pinned_search_path;
 use crate::error::{raise, WardenError};
 use pgrx::prelude::*;
 use pgrx::PgList;
 
-/// An ALTER TABLE subcommand switching triggers, as written.
+/// An ALTER TABLE subcommand switching triggers: as written, and the
+/// trigger it names (`None`: ALL or USER).
 ///
 /// # Safety
 /// `cmd` is a live AlterTableCmd.
-unsafe fn trigger_switch(cmd: *const pg_sys::AlterTableCmd) -> Option<String> {
+unsafe fn trigger_switch(cmd: *const pg_sys::AlterTableCmd) -> Option<(String, Option<String>)> {
     use pg_sys::AlterTableType as At;
     // SAFETY: as the caller's; `name` is a C string when set.
     let (subtype, name) = unsafe {
@@ -35,76 +46,77 @@ unsafe fn trigger_switch(cmd: *const pg_sys::AlterTableCmd) -> Option<String> {
         });
         ((*cmd).subtype, name)
     };
-    let named = |verb: &str| match &name {
-        // Ours only: another trigger switched changes nothing recorded.
-        Some(n) if n == ROW_TRIGGER || n == TRUNCATE_TRIGGER => Some(format!("{verb} TRIGGER {n}")),
-        _ => None,
+    let named = |verb: &str| {
+        name.as_ref()
+            .map(|n| (format!("{verb} TRIGGER {n}"), Some(n.clone())))
     };
     match subtype {
         At::AT_EnableTrig => named("ENABLE"),
         At::AT_EnableAlwaysTrig => named("ENABLE ALWAYS"),
         At::AT_EnableReplicaTrig => named("ENABLE REPLICA"),
         At::AT_DisableTrig => named("DISABLE"),
-        At::AT_EnableTrigAll => Some("ENABLE TRIGGER ALL".into()),
-        At::AT_DisableTrigAll => Some("DISABLE TRIGGER ALL".into()),
-        At::AT_EnableTrigUser => Some("ENABLE TRIGGER USER".into()),
-        At::AT_DisableTrigUser => Some("DISABLE TRIGGER USER".into()),
+        At::AT_EnableTrigAll => Some(("ENABLE TRIGGER ALL".into(), None)),
+        At::AT_DisableTrigAll => Some(("DISABLE TRIGGER ALL".into(), None)),
+        At::AT_EnableTrigUser => Some(("ENABLE TRIGGER USER".into(), None)),
+        At::AT_DisableTrigUser => Some(("DISABLE TRIGGER USER".into(), None)),
         _ => None,
     }
 }
 
-/// Records the audit triggers of the table an ALTER TABLE switched, if it
-/// switched any of them.
-///
+/// The table an ALTER TABLE switched triggers of, and the switches.
+type Switches = (pg_sys::Oid, Vec<(String, Option<String>)>);
+
 /// # Safety
 /// `tree` is the statement of the running event trigger.
-unsafe fn record_trigger_switches(tree: *mut pg_sys::Node) -> Result<(), WardenError> {
+unsafe fn trigger_switches(tree: *mut pg_sys::Node) -> Option<Switches> {
     // SAFETY: node tags checked before each cast; the statement's parts
     // live through the event trigger.
-    let (table, commands) = unsafe {
+    unsafe {
         if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_AlterTableStmt {
-            return Ok(());
+            return None;
         }
         let stmt = tree.cast::<pg_sys::AlterTableStmt>();
-        let mut commands = Vec::new();
+        let mut switches = Vec::new();
         for cmd in PgList::<pg_sys::Node>::from_pg((*stmt).cmds).iter_ptr() {
             if !cmd.is_null() && (*cmd).type_ == pg_sys::NodeTag::T_AlterTableCmd {
-                commands.extend(trigger_switch(cmd.cast()));
+                switches.extend(trigger_switch(cmd.cast()));
             }
         }
-        if commands.is_empty() {
-            return Ok(());
+        if switches.is_empty() {
+            return None;
         }
-        match range_var_oid((*stmt).relation) {
-            Some(table) => (table, commands),
-            None => return Ok(()),
-        }
-    };
-    let mut states = serde_json::Map::new();
-    let mut paused = false;
-    Spi::connect(|client| {
-        for row in client.select(
-            "SELECT tgname::pg_catalog.text, tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger
-              WHERE tgrelid = $1 AND tgname IN ($2, $3) ORDER BY tgname",
-            None,
-            &[table.into(), ROW_TRIGGER.into(), TRUNCATE_TRIGGER.into()],
-        )? {
-            let name = row.get::<String>(1)?.unwrap_or_default();
-            let state = match row.get::<String>(2)?.as_deref() {
-                Some("O") => "enabled",
-                Some("A") => "always",
-                Some("R") => "replica only",
-                _ => "disabled",
-            };
-            paused |= matches!(state, "disabled" | "replica only");
-            states.insert(name, state.into());
-        }
-        Ok::<_, WardenError>(())
-    })?;
-    if states.is_empty() {
-        // Not an audited table.
+        range_var_oid((*stmt).relation).map(|table| (table, switches))
+    }
+}
+
+/// Records the audit triggers of a table that an ALTER TABLE switched, if
+/// it switched any of them.
+fn record_switches((table, switches): Switches) -> Result<(), WardenError> {
+    // SAFETY: reads the current user's superuser bit.
+    if unsafe { pg_sys::superuser() } {
         return Ok(());
     }
+    let triggers = audit_triggers(table)?;
+    let ours = |name: &Option<String>| match name {
+        None => true,
+        Some(n) => triggers.iter().any(|t| &t.name == n),
+    };
+    if triggers.is_empty() || !switches.iter().any(|(_, name)| ours(name)) {
+        return Ok(());
+    }
+    let mut states = serde_json::Map::new();
+    let mut paused = false;
+    for t in &triggers {
+        let state = match t.enabled.as_str() {
+            "O" => "enabled",
+            "A" => "always",
+            "R" => "replica only",
+            _ => "disabled",
+        };
+        paused |= matches!(state, "disabled" | "replica only");
+        states.insert(t.name.clone(), state.into());
+    }
+    let commands: Vec<&str> = switches.iter().map(|(c, _)| c.as_str()).collect();
     audit::config_event(
         if paused {
             "audit.paused"
@@ -131,7 +143,16 @@ pub unsafe extern "C-unwind" fn warden_ddl_command_end(
             raise(WardenError::MisattachedEventTrigger);
         }
         let tree = (*context.cast::<pg_sys::EventTriggerData>()).parsetree;
-        if let Err(e) = protect_new_children(tree).and_then(|()| record_trigger_switches(tree)) {
+        let children = new_children(tree);
+        let switches = trigger_switches(tree);
+        if children.is_empty() && switches.is_none() {
+            return pg_sys::Datum::from(0);
+        }
+        let done = with_pinned_search_path(|| {
+            protect_children(&children)?;
+            switches.map_or(Ok(()), record_switches)
+        });
+        if let Err(e) = done {
             raise(e);
         }
         pg_sys::Datum::from(0)

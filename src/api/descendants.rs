@@ -23,7 +23,7 @@
 //! partitions and attachments before every policy and trigger (its
 //! post-data section), so the parents have nothing to carry yet.
 
-use super::audit::{attach_audit_triggers, ROW_TRIGGER, TRUNCATE_TRIGGER};
+use super::audit::{attach_audit_triggers, audit_triggers, drop_audit_triggers_of};
 use crate::error::WardenError;
 use pgrx::prelude::*;
 use pgrx::PgList;
@@ -99,40 +99,10 @@ fn relation(oid: pg_sys::Oid) -> Result<Option<Relation>, WardenError> {
     })
 }
 
-fn has_trigger(table: pg_sys::Oid, name: &str) -> Result<bool, WardenError> {
-    Ok(Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
-        &[table.into(), name.into()],
-    )?
-    .unwrap_or(false))
-}
-
-/// The columns the audit row trigger of `table` redacts (its `redact=`
-/// arguments), or `None` if it has no row audit trigger.
-fn redacted_columns(table: pg_sys::Oid) -> Result<Option<Vec<String>>, WardenError> {
-    Spi::connect(|client| {
-        let mut rows = client.select(
-            "SELECT tgargs FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
-            None,
-            &[table.into(), ROW_TRIGGER.into()],
-        )?;
-        let Some(row) = rows.next() else {
-            return Ok(None);
-        };
-        let args = row.get::<Vec<u8>>(1)?.unwrap_or_default();
-        Ok(Some(
-            args.split(|b| *b == 0)
-                .filter_map(|arg| arg.strip_prefix(b"redact="))
-                .map(|column| String::from_utf8_lossy(column).into_owned())
-                .collect(),
-        ))
-    })
-}
-
 /// Carries the parent's audit triggers to the child: the TRUNCATE trigger
-/// if the child lacks it; for an inheritance child, the row trigger with
-/// the parent's redacted columns (replacing the child's own: the parent's
-/// choice of what to redact holds for every row written through it).
+/// if the child lacks one; for an inheritance child, the row trigger,
+/// redacting what the parent's does and what the child's own did (a
+/// column redacted on either stays redacted: carrying never shows more).
 pub fn carry_audit(edge: &Edge) -> Result<(), WardenError> {
     let Some(child) = relation(edge.child)? else {
         return Ok(());
@@ -140,44 +110,38 @@ pub fn carry_audit(edge: &Edge) -> Result<(), WardenError> {
     if !matches!(child.kind.as_str(), "r" | "p") {
         return Ok(());
     }
-    let truncate =
-        has_trigger(edge.parent, TRUNCATE_TRIGGER)? && !has_trigger(edge.child, TRUNCATE_TRIGGER)?;
-    let row = if child.partition {
-        // PostgreSQL's clone of the parent's row trigger is already there.
-        None
-    } else {
-        redacted_columns(edge.parent)?
+    let parent_triggers = audit_triggers(edge.parent)?;
+    let child_triggers = audit_triggers(edge.child)?;
+    let truncate = parent_triggers.iter().any(|t| !t.row) && !child_triggers.iter().any(|t| !t.row);
+    let row = match parent_triggers.iter().find(|t| t.row) {
+        // (A partition has PostgreSQL's clone of the parent's already.)
+        Some(parent_row) if !child.partition => {
+            let mut redact = parent_row.redacted();
+            for column in child_triggers
+                .iter()
+                .filter(|t| t.row)
+                .flat_map(|t| t.redacted())
+            {
+                if !redact.contains(&column) {
+                    redact.push(column);
+                }
+            }
+            Some(redact)
+        }
+        _ => None,
     };
     attach_audit_triggers(edge.child, &child.name, row.as_deref(), truncate)
 }
 
-/// Takes the audit triggers pg_warden carried to the child off it again
-/// (for `disable_audit` of the parent): the TRUNCATE trigger, and an
-/// inheritance child's row trigger. (A partition's clone of the row
-/// trigger goes with the parent's.)
-pub fn drop_carried_audit(edge: &Edge) -> Result<(), WardenError> {
+/// Takes the audit triggers off the child (for `disable_audit` of the
+/// parent): the TRUNCATE trigger, and an inheritance child's row trigger
+/// (a partition's clone of the row trigger goes with the parent's);
+/// whether it had any.
+pub fn drop_carried_audit(edge: &Edge) -> Result<bool, WardenError> {
     let Some(child) = relation(edge.child)? else {
-        return Ok(());
+        return Ok(false);
     };
-    let mut names = vec![TRUNCATE_TRIGGER];
-    if !child.partition {
-        names.push(ROW_TRIGGER);
-    }
-    for name in names {
-        if has_trigger(edge.child, name)? {
-            Spi::run(&format!(
-                "DROP TRIGGER {} ON {}",
-                quote_ident(name)?,
-                child.name
-            ))?;
-        }
-    }
-    Ok(())
-}
-
-fn quote_ident(ident: &str) -> Result<String, WardenError> {
-    Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident($1)", &[ident.into()])?
-        .ok_or_else(|| WardenError::Internal("quote_ident returned NULL".into()))
+    drop_audit_triggers_of(edge.child, &child.name)
 }
 
 /// Carries the parent's `warden_*` policies the child lacks, with row
@@ -191,7 +155,7 @@ fn carry_policies(edge: &Edge) -> Result<(), WardenError> {
     let (ddl, any, enabled, forced): (Vec<String>, bool, bool, bool) = Spi::connect(|client| {
         let flags = client.select(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_policy
-                             WHERE polrelid = c.oid AND polname OPERATOR(pg_catalog.~~) 'warden\\_%'),
+                             WHERE polrelid = c.oid AND pg_catalog.starts_with(polname::pg_catalog.text, 'warden_')),
                     c.relrowsecurity, c.relforcerowsecurity
                FROM pg_catalog.pg_class AS c WHERE c.oid = $1",
             None,
@@ -222,7 +186,7 @@ fn carry_policies(edge: &Edge) -> Result<(), WardenError> {
                         ' WITH CHECK (' OPERATOR(pg_catalog.||)
                             pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) OPERATOR(pg_catalog.||) ')')
                FROM pg_catalog.pg_policy AS p
-              WHERE p.polrelid = $1 AND p.polname OPERATOR(pg_catalog.~~) 'warden\\_%'
+              WHERE p.polrelid = $1 AND pg_catalog.starts_with(p.polname::pg_catalog.text, 'warden_')
                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy AS q
                                  WHERE q.polrelid = $2 AND q.polname = p.polname)
               ORDER BY p.polname",
@@ -291,26 +255,53 @@ pub unsafe fn range_var_oid(name: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> 
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
-/// The tables a CREATE TABLE or ALTER TABLE statement has just put below
-/// another one (as a partition or an inheritance child).
+/// The tables a CREATE TABLE, CREATE SCHEMA (its CREATE TABLE elements) or
+/// ALTER TABLE statement has just put below another one (as a partition or
+/// an inheritance child). Names are resolved as the statement resolved
+/// them: call this under the caller's search path.
 ///
 /// # Safety
 /// `tree` is the statement of the running event trigger.
-unsafe fn new_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
+pub unsafe fn new_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
     // SAFETY: node tags checked before each cast; the statement's lists
     // and names are its own, alive through the event trigger.
     unsafe {
-        let relid = |name| range_var_oid(name);
         let mut out = Vec::new();
         if tree.is_null() {
             return out;
         }
+        // A CREATE TABLE below another: the new table. (CREATE FOREIGN
+        // TABLE's statement begins with a CreateStmt.)
+        let created = |node: *mut pg_sys::Node, schema: *const std::ffi::c_char| {
+            if !matches!(
+                (*node).type_,
+                pg_sys::NodeTag::T_CreateStmt | pg_sys::NodeTag::T_CreateForeignTableStmt
+            ) {
+                return None;
+            }
+            let stmt = node.cast::<pg_sys::CreateStmt>();
+            if (*stmt).inhRelations.is_null() && (*stmt).partbound.is_null() {
+                return None;
+            }
+            let name = (*stmt).relation;
+            if !name.is_null() && (*name).schemaname.is_null() && !schema.is_null() {
+                // An element of CREATE SCHEMA: created in that schema.
+                let namespace = pg_sys::get_namespace_oid(schema, true);
+                let oid = pg_sys::get_relname_relid((*name).relname, namespace);
+                return (oid != pg_sys::InvalidOid).then_some(oid);
+            }
+            range_var_oid(name)
+        };
         match (*tree).type_ {
-            // (CREATE FOREIGN TABLE's statement begins with a CreateStmt.)
             pg_sys::NodeTag::T_CreateStmt | pg_sys::NodeTag::T_CreateForeignTableStmt => {
-                let stmt = tree.cast::<pg_sys::CreateStmt>();
-                if !(*stmt).inhRelations.is_null() || !(*stmt).partbound.is_null() {
-                    out.extend(relid((*stmt).relation));
+                out.extend(created(tree, std::ptr::null()));
+            }
+            pg_sys::NodeTag::T_CreateSchemaStmt => {
+                let stmt = tree.cast::<pg_sys::CreateSchemaStmt>();
+                for element in PgList::<pg_sys::Node>::from_pg((*stmt).schemaElts).iter_ptr() {
+                    if !element.is_null() {
+                        out.extend(created(element, (*stmt).schemaname));
+                    }
                 }
             }
             pg_sys::NodeTag::T_AlterTableStmt => {
@@ -325,11 +316,13 @@ unsafe fn new_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
                         pg_sys::AlterTableType::AT_AttachPartition => {
                             let def = (*cmd).def;
                             if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_PartitionCmd {
-                                out.extend(relid((*def.cast::<pg_sys::PartitionCmd>()).name));
+                                out.extend(range_var_oid(
+                                    (*def.cast::<pg_sys::PartitionCmd>()).name,
+                                ));
                             }
                         }
                         pg_sys::AlterTableType::AT_AddInherit => {
-                            out.extend(relid((*stmt).relation));
+                            out.extend(range_var_oid((*stmt).relation));
                         }
                         _ => {}
                     }
@@ -343,15 +336,10 @@ unsafe fn new_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
     }
 }
 
-/// Gives each table a statement has just put below others (see
-/// [`new_children`]) their pg_warden policies and audit triggers, and so
-/// every table below it.
-///
-/// # Safety
-/// `tree` is the statement of the running event trigger.
-pub unsafe fn protect_new_children(tree: *mut pg_sys::Node) -> Result<(), WardenError> {
-    // SAFETY: as the caller's.
-    for child in unsafe { new_children(tree) } {
+/// Gives each of these tables, just put below others, their pg_warden
+/// policies and audit triggers, and so every table below it.
+pub fn protect_children(children: &[pg_sys::Oid]) -> Result<(), WardenError> {
+    for &child in children {
         for edge in &edges_into(child)? {
             carry_policies(edge)?;
             carry_audit(edge)?;

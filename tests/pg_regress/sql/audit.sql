@@ -639,9 +639,21 @@ BEGIN;
 ALTER TABLE public.paused DISABLE TRIGGER warden_audit;
 ROLLBACK;
 INSERT INTO public.paused VALUES (2);
+-- The triggers are known by what they run: renamed, still recorded; the
+-- table's name unqualified, as migrations write it.
+ALTER TRIGGER warden_audit ON public.paused RENAME TO quiet;
+SET search_path = public;
+ALTER TABLE paused DISABLE TRIGGER quiet;
+ALTER TABLE paused ENABLE TRIGGER USER;
+RESET search_path;
+ALTER TRIGGER quiet ON public.paused RENAME TO warden_audit;
 CREATE TABLE public.unaudited (n int);
 ALTER TABLE public.unaudited DISABLE TRIGGER USER;
 RESET ROLE;
+-- A superuser's switches are not recorded (a superuser can stop the trail
+-- untraced anyway, and a data-only restore switches every table's).
+ALTER TABLE public.paused DISABLE TRIGGER ALL;
+ALTER TABLE public.paused ENABLE TRIGGER ALL;
 SELECT action, target, row_key, detail FROM warden.audit_log
  WHERE target IN ('public.paused', 'public.unaudited') ORDER BY id;
 SELECT regress.error_of($$SELECT warden.log_event('audit.paused', 'public.paused')$$);
@@ -664,7 +676,10 @@ ALTER TABLE public.parted ATTACH PARTITION public.parted_3 FOR VALUES FROM (20) 
 CREATE TABLE public.legacy (n int PRIMARY KEY, secret text);
 SELECT warden.enable_audit('public.legacy', '{secret}');
 CREATE TABLE public.legacy_kid (extra int) INHERITS (public.legacy);
+-- (Audited on its own, redacting another column: carrying never shows
+-- more, so it redacts both.)
 CREATE TABLE public.legacy_adopted (n int NOT NULL, secret text, extra int);
+SELECT warden.enable_audit('public.legacy_adopted', '{extra}');
 ALTER TABLE public.legacy_adopted INHERIT public.legacy;
 INSERT INTO public.parted VALUES (1, 'a'), (11, 'b'), (21, 'c');
 INSERT INTO public.legacy_kid VALUES (1, 'hush', 7);
@@ -683,6 +698,9 @@ SELECT tgrelid::regclass AS "table", tgname FROM pg_catalog.pg_trigger
  WHERE tgrelid::regclass::text ~ '^(parted|legacy)' ORDER BY 1, 2;
 DROP TABLE public.parted, public.legacy_kid, public.legacy_adopted, public.legacy;
 RESET ROLE;
+-- Each table whose audit triggers disable_audit took off is recorded.
+SELECT action, target, detail FROM warden.audit_log
+ WHERE action = 'audit.disabled' AND target ~ '^public\.(parted|legacy)' ORDER BY id;
 
 -- Names are looked up once per backend, and again after a rename.
 CREATE SCHEMA regress_s;

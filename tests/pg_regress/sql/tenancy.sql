@@ -364,22 +364,33 @@ ALTER TABLE public.events ATTACH PARTITION public.events_4 FOR VALUES IN (4);
 CREATE TABLE public.events_5 (workspace_id uuid NOT NULL, n int) PARTITION BY LIST (workspace_id);
 CREATE TABLE public.events_5x PARTITION OF public.events_5 DEFAULT;
 ALTER TABLE public.events ATTACH PARTITION public.events_5 FOR VALUES IN (5);
+-- Names as most migrations write them: unqualified, and quoted.
+SET search_path = public;
+CREATE TABLE events_7 (workspace_id uuid NOT NULL, n int);
+ALTER TABLE events ATTACH PARTITION events_7 FOR VALUES IN (7);
+CREATE TABLE "Events 8" PARTITION OF events FOR VALUES IN (8);
+RESET search_path;
 CREATE TABLE public.ledger (workspace_id uuid NOT NULL, n int);
 SELECT warden.isolate('public.ledger');
 CREATE TABLE public.ledger_kid (note text) INHERITS (public.ledger);
 CREATE TABLE public.ledger_adopted (workspace_id uuid NOT NULL, n int);
 ALTER TABLE public.ledger_adopted INHERIT public.ledger;
+RESET ROLE;
+-- A CREATE SCHEMA with a partition among its elements.
+CREATE SCHEMA regress_side CREATE TABLE events_9 PARTITION OF public.events FOR VALUES IN (9);
+SET ROLE regress_owner;
 SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, count(p.polname) AS policies
   FROM pg_catalog.pg_class AS c LEFT JOIN pg_catalog.pg_policy AS p ON p.polrelid = c.oid
- WHERE (c.relname LIKE 'events%' OR c.relname LIKE 'ledger%') AND c.relkind IN ('r', 'p')
+ WHERE (c.relname ILIKE 'events%' OR c.relname LIKE 'ledger%') AND c.relkind IN ('r', 'p')
  GROUP BY 1, 2, 3 ORDER BY 1;
-GRANT SELECT ON public.events_3, public.events_4, public.events_5x, public.ledger_kid,
-    public.ledger_adopted TO regress_app;
+GRANT SELECT ON public.events_3, public.events_4, public.events_5x, public.events_7,
+    public."Events 8", public.ledger_kid, public.ledger_adopted TO regress_app;
 RESET ROLE;
 INSERT INTO public.events
 SELECT w::uuid, n FROM unnest(ARRAY['aaaaaaaa-0000-4000-8000-000000000000',
                                     'bbbbbbbb-0000-4000-8000-000000000000']) AS w,
-                       generate_series(3, 5) AS n;
+                       generate_series(3, 8) AS n
+ WHERE n <> 6;
 INSERT INTO public.ledger_kid VALUES ('aaaaaaaa-0000-4000-8000-000000000000', 1),
     ('bbbbbbbb-0000-4000-8000-000000000000', 1);
 INSERT INTO public.ledger_adopted VALUES ('aaaaaaaa-0000-4000-8000-000000000000', 1),
@@ -390,6 +401,8 @@ SELECT warden.set_context('aaaaaaaa-0000-4000-8000-000000000000',
 SELECT (SELECT count(*) FROM public.events_3) AS made_later,
        (SELECT count(*) FROM public.events_4) AS attached_later,
        (SELECT count(*) FROM public.events_5x) AS below_an_attached_one,
+       (SELECT count(*) FROM public.events_7) AS unqualified,
+       (SELECT count(*) FROM public."Events 8") AS quoted,
        (SELECT count(*) FROM public.ledger_kid) AS inheriting,
        (SELECT count(*) FROM public.ledger_adopted) AS adopted;
 SELECT warden.clear_context();
@@ -405,6 +418,7 @@ DROP FOREIGN TABLE public.events_6;
 DROP SERVER regress_files;
 DROP EXTENSION file_fdw;
 DROP TABLE public.events, public.ledger_kid, public.ledger_adopted, public.ledger;
+DROP SCHEMA regress_side;
 
 DROP TABLE public."Invoice Items", public.bare_calls, public.parallel_rows;
 DELETE FROM warden.memberships;
