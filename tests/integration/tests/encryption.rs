@@ -421,6 +421,56 @@ fn key_operations_under_repeatable_read_see_what_committed_after_their_snapshot(
         0,
         "a shredded workspace gets no keys"
     );
+
+    // A rewrap whose snapshot predates a key written since under another
+    // master key (a backend still on the previous one, say; planted here)
+    // would leave that key out: refused, 40001. A key written since under
+    // the current master key needs nothing, and is no reason to refuse.
+    const NEWER: &str = "cccccccc-0000-4000-8000-0000000000f2";
+    let mut su = cluster().superuser("enc_rr");
+    su.execute(
+        "INSERT INTO warden.memberships VALUES ($1::text::uuid, $2::text::uuid, 'user')",
+        &[&NEWER, &USER],
+    )
+    .unwrap();
+    let mut rewrapper = cluster().connect("enc_rr", "enc_admin").unwrap();
+    let rewrap = |rewrapper: &mut Client| {
+        rewrapper
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+            .unwrap();
+    };
+    rewrap(&mut rewrapper);
+    let mut newer = cluster().connect("enc_rr", "enc_app").unwrap();
+    newer
+        .execute(
+            "SELECT warden.set_context($1::text::uuid, $2::text::uuid, false)",
+            &[&NEWER, &USER],
+        )
+        .unwrap();
+    newer.execute("SELECT warden.encrypt('y')", &[]).unwrap();
+    let rewrapped: i64 = rewrapper
+        .query_one("SELECT warden.rewrap_keys()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rewrapped, 0);
+    rewrapper.batch_execute("COMMIT").unwrap();
+    rewrap(&mut rewrapper);
+    su.execute(
+        "INSERT INTO warden.workspace_keys (workspace_id, kind, version, wrapped, master_key_id)
+         VALUES ($1::text::uuid, 1, 9, pg_catalog.decode(repeat('00', 60), 'hex'), 'an older one')",
+        &[&NEWER],
+    )
+    .unwrap();
+    let err = rewrapper
+        .query("SELECT warden.rewrap_keys()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "40001", "{err}");
+    rewrapper.batch_execute("ROLLBACK").unwrap();
+    su.execute(
+        "DELETE FROM warden.workspace_keys WHERE master_key_id = 'an older one'",
+        &[],
+    )
+    .unwrap();
 }
 
 /// Text is encrypted as the database stores it, and decrypts in a database

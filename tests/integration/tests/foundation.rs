@@ -305,3 +305,35 @@ fn an_existing_warden_schema_not_a_superusers_is_refused() {
     su.batch_execute("DROP TABLE warden.planted; CREATE EXTENSION pg_warden")
         .unwrap();
 }
+
+/// CREATE EXTENSION refuses `warden_user` / `warden_admin` roles that can
+/// log in, have a special attribute, do not inherit, or are members of
+/// another role: every member of ours would hold their rights. (Each
+/// change is made in the transaction that tries CREATE EXTENSION, and
+/// rolled back with it: other tests share the roles.)
+#[test]
+fn warden_roles_with_more_than_membership_are_refused() {
+    let c = cluster();
+    let db = "roles_taken";
+    c.create_empty_database(db, "");
+    let mut su = c.superuser(db);
+    // The roles exist (another database's CREATE EXTENSION made them).
+    c.create_database("roles_made");
+    for change in [
+        "ALTER ROLE warden_user LOGIN",
+        "ALTER ROLE warden_user SUPERUSER",
+        "ALTER ROLE warden_admin CREATEROLE",
+        "ALTER ROLE warden_admin CREATEDB",
+        "ALTER ROLE warden_user REPLICATION",
+        "ALTER ROLE warden_admin BYPASSRLS",
+        "ALTER ROLE warden_user NOINHERIT",
+        "GRANT pg_read_all_data TO warden_user",
+    ] {
+        let mut tx = su.transaction().unwrap();
+        tx.batch_execute(change).unwrap();
+        let err = tx.batch_execute("CREATE EXTENSION pg_warden").unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{change}: {err}");
+        tx.rollback().unwrap();
+    }
+    su.batch_execute("CREATE EXTENSION pg_warden").unwrap();
+}
