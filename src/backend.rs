@@ -86,8 +86,13 @@ pub fn with_pinned_search_path<T>(
     struct Pinned(i32);
     impl Drop for Pinned {
         fn drop(&mut self) {
-            // SAFETY: pops the nest level opened below.
-            unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+            // On an error the transaction's abort pops it (as it does a
+            // function's SET clause): nothing that could raise runs while
+            // one unwinds.
+            if !std::thread::panicking() {
+                // SAFETY: pops the nest level opened below.
+                unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+            }
         }
     }
     // SAFETY: a new setting nest level, and the path set at it, as

@@ -129,7 +129,17 @@ fn record_in_trail(
             "no background worker slot is free",
         ));
     };
-    wait_for(worker)?;
+    // A cancel (or statement_timeout) waits until the worker is done: the
+    // turn is the transaction's, and a cancelled statement would let it go
+    // while its worker still runs (a loop of cancelled denials would start
+    // workers without bound). A termination still ends the wait at once.
+    // (Error recovery resets the holdoff count, should anything raise.)
+    // SAFETY: HOLD_CANCEL_INTERRUPTS / RESUME_CANCEL_INTERRUPTS.
+    unsafe { pg_sys::QueryCancelHoldoffCount += 1 };
+    let waited = wait_for(worker);
+    // SAFETY: as above.
+    unsafe { pg_sys::QueryCancelHoldoffCount -= 1 };
+    waited?;
     // SAFETY: the segment stays mapped here until we detach it.
     let recorded = unsafe {
         let recorded = (*slot).recorded.load(std::sync::atomic::Ordering::Acquire) == 1;
@@ -151,15 +161,18 @@ fn record_in_trail(
 /// tenant probing an API it may not use) must not take them all, nor fork
 /// a process per request. Denials beyond that wait their turn (each takes
 /// a few milliseconds), within [`WORKER_DEADLINE`].
-const WORKERS_PER_DATABASE: i32 = 2;
+const WORKERS_PER_DATABASE: u32 = 2;
 
-/// The advisory lock class of the turns (the two-`int4` key space, apart
-/// from the `bigint` keys the chains lock): "WARD".
-const TURN_LOCK_CLASS: i32 = 0x5741_5244;
+/// The turns are locks of their own: advisory locks of this database
+/// (type `advisory` in `pg_locks`) whose fourth field is 3, a space no SQL
+/// function reaches (`pg_advisory_lock` and its kin use 1 and 2), so no
+/// role can hold the turns to keep every other denial out of the trail.
+const TURN_LOCK_CLASS: u32 = 0x5741_5244; // "WARD"
+const TURN_LOCK_SPACE: u16 = 3;
 
 /// Waits for one of the database's [`WORKERS_PER_DATABASE`] turns to
-/// record a denial: a transaction-level advisory lock, let go when the
-/// denied transaction ends (it does, right after `require()` raises).
+/// record a denial: a transaction-level lock, let go when the denied
+/// transaction (or savepoint) ends, right after `require()` raises.
 /// A cancel or termination ends the wait, as any wait in `require()`; the
 /// denial then goes to the server log before the cancel is raised (else a
 /// session could learn that it is denied, from the wait, and leave no
@@ -168,14 +181,20 @@ fn take_a_turn(permission: &str) -> Result<(), WardenError> {
     let started = std::time::Instant::now();
     loop {
         for turn in 0..WORKERS_PER_DATABASE {
-            // SAFETY: pg_try_advisory_xact_lock(int4, int4): never waits.
-            let taken = unsafe {
-                pgrx::direct_function_call::<bool>(
-                    pg_sys::pg_try_advisory_xact_lock_int4,
-                    &[TURN_LOCK_CLASS.into_datum(), turn.into_datum()],
-                )
+            let tag = pg_sys::LOCKTAG {
+                // SAFETY: reads this backend's database.
+                locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+                locktag_field2: TURN_LOCK_CLASS,
+                locktag_field3: turn,
+                locktag_field4: TURN_LOCK_SPACE,
+                locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+                locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
             };
-            if taken == Some(true) {
+            // SAFETY: a transaction-level lock, never waited for.
+            let got = unsafe {
+                pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true)
+            };
+            if got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
                 return Ok(());
             }
         }

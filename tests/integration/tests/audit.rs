@@ -292,63 +292,116 @@ fn a_denial_outlives_the_denied_transaction() {
 #[test]
 fn denials_take_turns_for_background_workers() {
     setup("audit_turns");
-    // Both of the database's turns taken (as a flood of denials would):
-    // a denial waits, without starting a background worker, until one is
-    // free, and is then recorded.
+    // The trail's table locked, the workers of the first two denials wait
+    // to write, each holding one of the database's two turns: a third
+    // denial waits for a turn without starting a worker.
     let mut holder = cluster().superuser("audit_turns");
     holder
-        .batch_execute(
-            "SELECT pg_advisory_lock(1463898692, 0); SELECT pg_advisory_lock(1463898692, 1);",
-        )
+        .batch_execute("BEGIN; LOCK TABLE warden.audit_entries IN ACCESS EXCLUSIVE MODE")
         .unwrap();
-    let denied = std::thread::spawn(|| {
-        let mut a = app("audit_turns", WS_A, USER_A);
-        let err = a
-            .execute("SELECT warden.require('events.purge')", &[])
-            .unwrap_err();
-        pg_warden_integration::sqlstate(&err)
-    });
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let waiting: (i64, i64) = {
-        let row = holder
+    let deny = |permission: &'static str, timeout: &'static str| {
+        std::thread::spawn(move || {
+            let mut a = app("audit_turns", WS_A, USER_A);
+            a.batch_execute(&format!("SET statement_timeout = '{timeout}'"))
+                .unwrap();
+            let err = a
+                .execute("SELECT warden.require($1)", &[&permission])
+                .unwrap_err();
+            pg_warden_integration::sqlstate(&err)
+        })
+    };
+    // (Polled, outside the holder's transaction, which would see one
+    // snapshot of pg_stat_activity: sessions and workers take a moment to
+    // start.)
+    let mut watcher = cluster().superuser("audit_turns");
+    let mut poll = |want: (i64, i64)| {
+        let mut seen = (0, 0);
+        for _ in 0..100 {
+            let row = watcher
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE query LIKE '%warden.require%' AND state = 'active'),
+                            count(*) FILTER (WHERE backend_type = 'pg_warden denial')
+                       FROM pg_stat_activity
+                      WHERE datname = 'audit_turns' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .unwrap();
+            seen = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+            if seen == want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        seen
+    };
+    // The first two take the turns; their statement_timeout fires while
+    // their workers wait, and waits for them: a cancelled denial keeps its
+    // turn until its worker is done (else a loop of cancelled denials
+    // would start workers without bound).
+    let mut denials = vec![
+        deny("events.purge", "200ms"),
+        deny("events.export", "200ms"),
+    ];
+    assert_eq!(poll((2, 2)), (2, 2), "two denials, two workers");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(
+        poll((2, 2)),
+        (2, 2),
+        "timed out, still waiting for their workers"
+    );
+    denials.push(deny("events.share", "0"));
+    assert_eq!(
+        poll((3, 2)),
+        (3, 2),
+        "a third denial waits, without a worker"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(poll((3, 2)), (3, 2), "and still no third worker");
+    // No role can take the turns itself (they are not the advisory locks
+    // SQL reaches): a session takes every advisory lock SQL can name for
+    // them, while the turns are held, and keeps nothing out.
+    let mut squatter = cluster().connect("audit_turns", "audit_app").unwrap();
+    let squatted: (bool, bool) = {
+        let row = squatter
             .query_one(
-                "SELECT count(*) FILTER (WHERE query LIKE '%warden.require%' AND state = 'active'),
-                        count(*) FILTER (WHERE backend_type = 'pg_warden denial')
-                   FROM pg_stat_activity WHERE datname = 'audit_turns' AND pid <> pg_backend_pid()",
+                "SELECT pg_try_advisory_lock(1463898692, 0), pg_try_advisory_lock(1463898692, 1)",
                 &[],
             )
             .unwrap();
         (row.get(0), row.get(1))
     };
-    assert_eq!(waiting, (1, 0), "one denial waiting, no worker started");
-    assert!(!denied.is_finished());
+    assert_eq!(squatted, (true, true));
     // A denial cancelled while it waits (here by statement_timeout) is
     // not in the trail, but in the server log: waiting, then cancelling,
     // does not tell a session it is denied without a trace.
     let mut impatient = app("audit_turns", WS_A, USER_A);
     let err = impatient
-        .batch_execute("SET statement_timeout = '300ms'; SELECT warden.require('events.export')")
+        .batch_execute("SET statement_timeout = '300ms'; SELECT warden.require('events.delete')")
         .unwrap_err();
     assert_eq!(pg_warden_integration::sqlstate(&err), "57014", "{err}");
     assert!(
         cluster().server_log().contains(
-            "not in the audit trail (cancelled while waiting for its turn): events.export"
+            "not in the audit trail (cancelled while waiting for its turn): events.delete"
         ),
         "the cancelled denial is in the server log"
     );
-    holder
-        .batch_execute("SELECT pg_advisory_unlock(1463898692, 1)")
-        .unwrap();
-    assert_eq!(denied.join().unwrap(), "42501");
+    holder.batch_execute("COMMIT").unwrap();
+    let outcomes: Vec<String> = denials.into_iter().map(|d| d.join().unwrap()).collect();
+    // (The timed-out two end as denied, recorded: the denial is what
+    // happened, and error recovery forgets the cancel.)
+    assert_eq!(outcomes, ["42501", "42501", "42501"]);
     let mut admin = cluster().connect("audit_turns", "audit_admin").unwrap();
-    let denials: i64 = admin
+    let recorded: i64 = admin
         .query_one(
             "SELECT count(*) FROM warden.audit_log WHERE action = 'permission.denied'",
             &[],
         )
         .unwrap()
         .get(0);
-    assert_eq!(denials, 1);
+    assert_eq!(
+        recorded, 3,
+        "the three that got a turn (two of them timed out after), not the one cancelled waiting"
+    );
 }
 
 #[test]
