@@ -21,7 +21,9 @@
 //! path pinned.
 
 use super::audit::{audit_triggers, target_name_of};
-use super::descendants::{new_children, protect_children, range_var_oid};
+use super::descendants::{
+    attached_children, created_tables, creates_tables, protect_children, range_var_oid,
+};
 use super::fmgr::v1_function_info;
 use crate::audit;
 use crate::backend::with_pinned_search_path;
@@ -143,12 +145,16 @@ pub unsafe extern "C-unwind" fn warden_ddl_command_end(
             raise(WardenError::MisattachedEventTrigger);
         }
         let tree = (*context.cast::<pg_sys::EventTriggerData>()).parsetree;
-        let children = new_children(tree);
+        let mut children = attached_children(tree);
+        let created = creates_tables(tree);
         let switches = trigger_switches(tree);
-        if children.is_empty() && switches.is_none() {
+        if children.is_empty() && !created && switches.is_none() {
             return pg_sys::Datum::from(0);
         }
         let done = with_pinned_search_path(|| {
+            if created {
+                children.extend(created_tables()?);
+            }
             protect_children(&children)?;
             switches.map_or(Ok(()), record_switches)
         });

@@ -255,80 +255,78 @@ pub unsafe fn range_var_oid(name: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> 
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
-/// The tables a CREATE TABLE, CREATE SCHEMA (its CREATE TABLE elements) or
-/// ALTER TABLE statement has just put below another one (as a partition or
-/// an inheritance child). Names are resolved as the statement resolved
-/// them: call this under the caller's search path.
+/// Whether the statement creates tables (CREATE TABLE, CREATE FOREIGN
+/// TABLE, CREATE SCHEMA with CREATE TABLE elements): see
+/// [`created_tables`].
+///
+/// # Safety
+/// `tree` is null or the statement of the running event trigger.
+pub unsafe fn creates_tables(tree: *mut pg_sys::Node) -> bool {
+    // SAFETY: as the caller's.
+    !tree.is_null()
+        && matches!(
+            unsafe { (*tree).type_ },
+            pg_sys::NodeTag::T_CreateStmt
+                | pg_sys::NodeTag::T_CreateForeignTableStmt
+                | pg_sys::NodeTag::T_CreateSchemaStmt
+        )
+}
+
+/// The tables the running command created that are below another (as a
+/// partition or an inheritance child), as PostgreSQL reports them
+/// (`pg_event_trigger_ddl_commands()`: the tables it made, not a name
+/// looked up again, which a temporary table of the same name would
+/// shadow).
+pub fn created_tables() -> Result<Vec<pg_sys::Oid>, WardenError> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT DISTINCT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+              WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND c.object_type IN ('table', 'foreign table')
+                AND EXISTS (SELECT FROM pg_catalog.pg_inherits AS i WHERE i.inhrelid = c.objid)",
+            None,
+            &[],
+        )? {
+            out.extend(row.get::<pg_sys::Oid>(1)?);
+        }
+        Ok(out)
+    })
+}
+
+/// The tables an ALTER TABLE statement has just put below another one
+/// (ATTACH PARTITION, INHERIT). Names are resolved as the statement
+/// resolved them: call this under the caller's search path.
 ///
 /// # Safety
 /// `tree` is the statement of the running event trigger.
-pub unsafe fn new_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
+pub unsafe fn attached_children(tree: *mut pg_sys::Node) -> Vec<pg_sys::Oid> {
     // SAFETY: node tags checked before each cast; the statement's lists
     // and names are its own, alive through the event trigger.
     unsafe {
         let mut out = Vec::new();
-        if tree.is_null() {
+        if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_AlterTableStmt {
             return out;
         }
-        // A CREATE TABLE below another: the new table. (CREATE FOREIGN
-        // TABLE's statement begins with a CreateStmt.)
-        let created = |node: *mut pg_sys::Node, schema: *const std::ffi::c_char| {
-            if !matches!(
-                (*node).type_,
-                pg_sys::NodeTag::T_CreateStmt | pg_sys::NodeTag::T_CreateForeignTableStmt
-            ) {
-                return None;
+        let stmt = tree.cast::<pg_sys::AlterTableStmt>();
+        let cmds = PgList::<pg_sys::Node>::from_pg((*stmt).cmds);
+        for cmd in cmds.iter_ptr() {
+            if cmd.is_null() || (*cmd).type_ != pg_sys::NodeTag::T_AlterTableCmd {
+                continue;
             }
-            let stmt = node.cast::<pg_sys::CreateStmt>();
-            if (*stmt).inhRelations.is_null() && (*stmt).partbound.is_null() {
-                return None;
-            }
-            let name = (*stmt).relation;
-            if !name.is_null() && (*name).schemaname.is_null() && !schema.is_null() {
-                // An element of CREATE SCHEMA: created in that schema.
-                let namespace = pg_sys::get_namespace_oid(schema, true);
-                let oid = pg_sys::get_relname_relid((*name).relname, namespace);
-                return (oid != pg_sys::InvalidOid).then_some(oid);
-            }
-            range_var_oid(name)
-        };
-        match (*tree).type_ {
-            pg_sys::NodeTag::T_CreateStmt | pg_sys::NodeTag::T_CreateForeignTableStmt => {
-                out.extend(created(tree, std::ptr::null()));
-            }
-            pg_sys::NodeTag::T_CreateSchemaStmt => {
-                let stmt = tree.cast::<pg_sys::CreateSchemaStmt>();
-                for element in PgList::<pg_sys::Node>::from_pg((*stmt).schemaElts).iter_ptr() {
-                    if !element.is_null() {
-                        out.extend(created(element, (*stmt).schemaname));
+            let cmd = cmd.cast::<pg_sys::AlterTableCmd>();
+            match (*cmd).subtype {
+                pg_sys::AlterTableType::AT_AttachPartition => {
+                    let def = (*cmd).def;
+                    if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_PartitionCmd {
+                        out.extend(range_var_oid((*def.cast::<pg_sys::PartitionCmd>()).name));
                     }
                 }
-            }
-            pg_sys::NodeTag::T_AlterTableStmt => {
-                let stmt = tree.cast::<pg_sys::AlterTableStmt>();
-                let cmds = PgList::<pg_sys::Node>::from_pg((*stmt).cmds);
-                for cmd in cmds.iter_ptr() {
-                    if cmd.is_null() || (*cmd).type_ != pg_sys::NodeTag::T_AlterTableCmd {
-                        continue;
-                    }
-                    let cmd = cmd.cast::<pg_sys::AlterTableCmd>();
-                    match (*cmd).subtype {
-                        pg_sys::AlterTableType::AT_AttachPartition => {
-                            let def = (*cmd).def;
-                            if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_PartitionCmd {
-                                out.extend(range_var_oid(
-                                    (*def.cast::<pg_sys::PartitionCmd>()).name,
-                                ));
-                            }
-                        }
-                        pg_sys::AlterTableType::AT_AddInherit => {
-                            out.extend(range_var_oid((*stmt).relation));
-                        }
-                        _ => {}
-                    }
+                pg_sys::AlterTableType::AT_AddInherit => {
+                    out.extend(range_var_oid((*stmt).relation));
                 }
+                _ => {}
             }
-            _ => {}
         }
         out.sort_by_key(|oid| oid.to_u32());
         out.dedup();

@@ -369,6 +369,11 @@ SET search_path = public;
 CREATE TABLE events_7 (workspace_id uuid NOT NULL, n int);
 ALTER TABLE events ATTACH PARTITION events_7 FOR VALUES IN (7);
 CREATE TABLE "Events 8" PARTITION OF events FOR VALUES IN (8);
+-- (The table made, not a name looked up again: a temporary table of the
+-- same name would shadow it.)
+CREATE TEMPORARY TABLE events_10 (n int);
+CREATE TABLE events_10 PARTITION OF events FOR VALUES IN (10);
+DROP TABLE pg_temp.events_10;
 RESET search_path;
 CREATE TABLE public.ledger (workspace_id uuid NOT NULL, n int);
 SELECT warden.isolate('public.ledger');
