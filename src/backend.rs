@@ -95,9 +95,21 @@ pub fn with_pinned_search_path<T>(
             }
         }
     }
-    // SAFETY: a new setting nest level, and the path set at it, as
-    // fmgr_security_definer does for a function's SET clause.
-    let _pinned = unsafe {
+    // SAFETY: see `pin_search_path`; popped by the guard.
+    let _pinned = Pinned(unsafe { pin_search_path() });
+    f()
+}
+
+/// Opens a setting nest level and sets the search path to `pg_catalog,
+/// pg_temp` at it, as fmgr_security_definer does for a function's SET
+/// clause; returns the level, for `AtEOXact_GUC(true, level)` to pop (or
+/// the transaction's abort).
+///
+/// # Safety
+/// Inside a transaction; the level is popped before the caller returns.
+unsafe fn pin_search_path() -> i32 {
+    // SAFETY: as the caller's.
+    unsafe {
         let level = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
@@ -109,9 +121,8 @@ pub fn with_pinned_search_path<T>(
             0,
             false,
         );
-        Pinned(level)
-    };
-    f()
+        level
+    }
 }
 
 /// [`as_extension_owner`] for code that runs no query and resolves no name
@@ -263,18 +274,7 @@ impl ActAs {
                 settings: None,
             };
             if pin_search_path {
-                let level = pg_sys::NewGUCNestLevel();
-                act.settings = Some(level);
-                pg_sys::set_config_option(
-                    c"search_path".as_ptr(),
-                    c"pg_catalog, pg_temp".as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
+                act.settings = Some(self::pin_search_path());
             }
             act
         }

@@ -126,6 +126,11 @@ pub enum WardenError {
     MisattachedTrigger(&'static str, &'static str),
     #[error("warden.ddl_command_end() runs only as pg_warden's event trigger")]
     MisattachedEventTrigger,
+    #[error(
+        "{0} has audit triggers of its own: warden.disable_audit() it before it becomes a \
+         partition of an audited table (the parent's audit, cloned to it, takes over)"
+    )]
+    PartitionAuditedOnItsOwn(String),
     #[error("permission denied, and the denial could not be recorded: {0}")]
     DenialNotRecorded(&'static str),
     #[error("internal error in pg_warden: {0}")]
@@ -180,6 +185,7 @@ impl WardenError {
             WardenError::AuditChainBroken { .. } => ERRCODE_DATA_CORRUPTED,
             WardenError::MisattachedTrigger(..) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             WardenError::MisattachedEventTrigger => ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED,
+            WardenError::PartitionAuditedOnItsOwn(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

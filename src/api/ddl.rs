@@ -11,10 +11,10 @@
 //!   the trail outside any workspace, like `audit.enabled`: a table's owner
 //!   can still stop its trail, but not without a trace. (A rolled-back
 //!   ALTER TABLE takes its entry along, and its change with it.) A
-//!   superuser's switches are not recorded: a superuser can stop the trail
-//!   untraced anyway (`session_replication_role`), and data-only restores
-//!   (`pg_restore --disable-triggers`) switch every table's triggers off
-//!   and on again.
+//!   superuser's `ALL` and `USER` switches are not recorded: data-only
+//!   restores (`pg_restore --disable-triggers`) switch every table's
+//!   triggers off and on again that way (and a superuser can stop the
+//!   trail untraced anyway, with `session_replication_role`).
 //!
 //! The statement's names are resolved first, under the caller's search
 //! path (as the statement resolved them); everything after runs with the
@@ -95,7 +95,9 @@ unsafe fn trigger_switches(tree: *mut pg_sys::Node) -> Option<Switches> {
 /// it switched any of them.
 fn record_switches((table, switches): Switches) -> Result<(), WardenError> {
     // SAFETY: reads the current user's superuser bit.
-    if unsafe { pg_sys::superuser() } {
+    if unsafe { pg_sys::superuser() } && switches.iter().all(|(_, name)| name.is_none()) {
+        // A superuser's DISABLE / ENABLE TRIGGER ALL or USER: what a
+        // data-only restore (`--disable-triggers`) does to every table.
         return Ok(());
     }
     let triggers = audit_triggers(table)?;

@@ -107,11 +107,26 @@ pub fn carry_audit(edge: &Edge) -> Result<(), WardenError> {
     let Some(child) = relation(edge.child)? else {
         return Ok(());
     };
+    let parent_triggers = audit_triggers(edge.parent)?;
     if !matches!(child.kind.as_str(), "r" | "p") {
+        if !parent_triggers.is_empty() {
+            pgrx::warning!(
+                "{} is below an audited table but is a foreign table: changes to its rows are \
+                 not recorded",
+                child.name
+            );
+        }
         return Ok(());
     }
-    let parent_triggers = audit_triggers(edge.parent)?;
     let child_triggers = audit_triggers(edge.child)?;
+    if child.partition
+        && parent_triggers.iter().any(|t| t.row)
+        && child_triggers.iter().any(|t| t.row && !t.cloned)
+    {
+        // Its own row trigger beside the parent's clone would record
+        // every change twice, each redacting what it redacts.
+        return Err(WardenError::PartitionAuditedOnItsOwn(child.name));
+    }
     let truncate = parent_triggers.iter().any(|t| !t.row) && !child_triggers.iter().any(|t| !t.row);
     let row = match parent_triggers.iter().find(|t| t.row) {
         // (A partition has PostgreSQL's clone of the parent's already.)

@@ -55,11 +55,25 @@ pub fn record_denial(
     result
 }
 
-/// Writes a denial that is not in the trail to the server log.
+/// Writes a denial that is not in the trail to the server log: the
+/// permission, and who was denied (the database role, and the acting
+/// workspace and user, as the entry would have named them).
 fn log_unrecorded(permission: &str, reason: &str) {
+    let uuid = |v: Option<[u8; 16]>| {
+        v.map_or("none".to_string(), |b| {
+            pgrx::Uuid::from_bytes(b).to_string()
+        })
+    };
+    let acting = crate::context::with_current(|c| c.map(|c| (c.workspace_id, c.user_id)))
+        .ok()
+        .flatten();
+    // SAFETY: the current user's OID.
+    let role = role_name(unsafe { pg_sys::GetUserId() });
     pgrx::log!(
-        "pg_warden: permission denied, not in the audit trail ({reason}): {}",
-        &permission[..permission.floor_char_boundary(MAX_PERMISSION)]
+        "pg_warden: permission denied, not in the audit trail ({reason}): {} (role {role}, workspace {}, user {})",
+        &permission[..permission.floor_char_boundary(MAX_PERMISSION)],
+        uuid(acting.map(|a| a.0)),
+        uuid(acting.map(|a| a.1)),
     );
 }
 
@@ -288,6 +302,27 @@ pub extern "C-unwind" fn warden_record_denial(arg: pg_sys::Datum) {
         )
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    // The database's own settings (ALTER DATABASE ... SET) apply to the
+    // worker as to any session, and an application overrides them in its
+    // own; these would keep the denial out of the trail, so the worker sets
+    // them back (transactions read-write, no statement or lock timeouts).
+    for (name, value) in [
+        (c"default_transaction_read_only", c"off"),
+        (c"statement_timeout", c"0"),
+        (c"lock_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+    ] {
+        // SAFETY: setting known settings to valid values, as the
+        // postmaster's own overrides are set.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            )
+        };
+    }
     BackgroundWorker::transaction(|| {
         let entry = Entry {
             workspace: None,

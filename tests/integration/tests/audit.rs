@@ -404,6 +404,49 @@ fn denials_take_turns_for_background_workers() {
     );
 }
 
+/// The database's own settings reach the denial's worker as any session;
+/// an application overrides them in its own, and so does the worker: a
+/// database made read-only by default still records its denials.
+#[test]
+fn a_denial_is_recorded_whatever_the_database_defaults_to() {
+    setup("audit_denial_ro");
+    cluster()
+        .superuser("audit_denial_ro")
+        .batch_execute(
+            "ALTER DATABASE audit_denial_ro SET default_transaction_read_only = on;
+             ALTER DATABASE audit_denial_ro SET statement_timeout = '1ms'",
+        )
+        .unwrap();
+    let mut a = cluster().connect("audit_denial_ro", "audit_app").unwrap();
+    a.batch_execute("SET default_transaction_read_only = off; SET statement_timeout = 0")
+        .unwrap();
+    a.execute(
+        "SELECT warden.set_context($1::text::uuid, $2::text::uuid, false)",
+        &[&WS_A, &USER_A],
+    )
+    .unwrap();
+    let err = a
+        .execute("SELECT warden.require('events.purge')", &[])
+        .unwrap_err();
+    assert_eq!(pg_warden_integration::sqlstate(&err), "42501", "{err}");
+    assert!(
+        !err.to_string().contains("could not be recorded"),
+        "recorded: {err}"
+    );
+    let mut admin = cluster().connect("audit_denial_ro", "audit_admin").unwrap();
+    admin
+        .batch_execute("SET default_transaction_read_only = off; SET statement_timeout = 0")
+        .unwrap();
+    let denials: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM warden.audit_log WHERE action = 'permission.denied'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(denials, 1);
+}
+
 #[test]
 fn membership_changes_by_an_administrator_reach_the_tenant_trail() {
     setup("audit_access");

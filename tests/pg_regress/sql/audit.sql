@@ -650,10 +650,13 @@ ALTER TRIGGER quiet ON public.paused RENAME TO warden_audit;
 CREATE TABLE public.unaudited (n int);
 ALTER TABLE public.unaudited DISABLE TRIGGER USER;
 RESET ROLE;
--- A superuser's switches are not recorded (a superuser can stop the trail
--- untraced anyway, and a data-only restore switches every table's).
+-- A superuser's ALL and USER switches are not recorded: a data-only
+-- restore switches every table's that way (and a superuser can stop the
+-- trail untraced anyway); one naming an audit trigger is.
 ALTER TABLE public.paused DISABLE TRIGGER ALL;
 ALTER TABLE public.paused ENABLE TRIGGER ALL;
+ALTER TABLE public.paused DISABLE TRIGGER warden_audit_truncate;
+ALTER TABLE public.paused ENABLE TRIGGER warden_audit_truncate;
 SELECT action, target, row_key, detail FROM warden.audit_log
  WHERE target IN ('public.paused', 'public.unaudited') ORDER BY id;
 SELECT regress.error_of($$SELECT warden.log_event('audit.paused', 'public.paused')$$);
@@ -673,6 +676,15 @@ SELECT warden.enable_audit('public.parted', '{secret}');
 CREATE TABLE public.parted_2 PARTITION OF public.parted FOR VALUES FROM (10) TO (20);
 CREATE TABLE public.parted_3 (n int PRIMARY KEY, secret text);
 ALTER TABLE public.parted ATTACH PARTITION public.parted_3 FOR VALUES FROM (20) TO (30);
+-- A table audited on its own (here with its trigger renamed, which
+-- PostgreSQL's clone would not clash with) is refused as a partition of
+-- an audited table: both triggers would record every change.
+CREATE TABLE public.parted_4 (n int PRIMARY KEY, secret text);
+SELECT warden.enable_audit('public.parted_4');
+ALTER TRIGGER warden_audit ON public.parted_4 RENAME TO own_audit;
+SELECT regress.error_of($$ALTER TABLE public.parted ATTACH PARTITION public.parted_4 FOR VALUES FROM (30) TO (40)$$);
+SELECT warden.disable_audit('public.parted_4');
+ALTER TABLE public.parted ATTACH PARTITION public.parted_4 FOR VALUES FROM (30) TO (40);
 CREATE TABLE public.legacy (n int PRIMARY KEY, secret text);
 SELECT warden.enable_audit('public.legacy', '{secret}');
 CREATE TABLE public.legacy_kid (extra int) INHERITS (public.legacy);
