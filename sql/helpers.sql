@@ -36,7 +36,8 @@ COMMENT ON FUNCTION warden.decrypt_bytea(bytea, text) IS
 -- INHERIT) gets its pg_warden policies and audit triggers (queried or
 -- truncated directly, a partition answers to its own, not its parent's);
 -- an audited table's audit triggers switched off or on (ALTER TABLE ...
--- DISABLE / ENABLE TRIGGER) are recorded.
+-- DISABLE / ENABLE TRIGGER) are recorded; an ALTER SEQUENCE of the trail's
+-- id sequence is refused.
 -- (No SET search_path: the statement's names are resolved first under the
 -- caller's path, as the statement resolved them; the function pins the path
 -- itself for everything after.)
@@ -46,5 +47,5 @@ COMMENT ON FUNCTION warden.ddl_command_end() IS
     'pg_warden: carries policies and audit triggers to new partitions and children, records audit triggers switched';
 CREATE EVENT TRIGGER warden_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE FOREIGN TABLE', 'CREATE SCHEMA', 'ALTER TABLE',
-                 'ALTER FOREIGN TABLE')
+                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE')
     EXECUTE FUNCTION warden.ddl_command_end();

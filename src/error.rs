@@ -131,6 +131,11 @@ pub enum WardenError {
          partition of an audited table (the parent's audit, cloned to it, takes over)"
     )]
     PartitionAuditedOnItsOwn(String),
+    #[error(
+        "warden.audit_id_seq is not to be altered: the audit trail's chains rely on its values \
+         being handed out one at a time and in order"
+    )]
+    AuditSequenceAltered,
     #[error("permission denied, and the denial could not be recorded: {0}")]
     DenialNotRecorded(&'static str),
     #[error("internal error in pg_warden: {0}")]
@@ -185,7 +190,9 @@ impl WardenError {
             WardenError::AuditChainBroken { .. } => ERRCODE_DATA_CORRUPTED,
             WardenError::MisattachedTrigger(..) => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             WardenError::MisattachedEventTrigger => ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED,
-            WardenError::PartitionAuditedOnItsOwn(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            WardenError::PartitionAuditedOnItsOwn(_) | WardenError::AuditSequenceAltered => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             WardenError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -1,6 +1,7 @@
 //! pg_warden's event trigger, `warden_ddl_command_end`: at the end of
-//! CREATE TABLE, CREATE FOREIGN TABLE, CREATE SCHEMA, ALTER TABLE and ALTER
-//! FOREIGN TABLE it
+//! CREATE TABLE, CREATE FOREIGN TABLE, CREATE SCHEMA, ALTER TABLE, ALTER
+//! FOREIGN TABLE and ALTER SEQUENCE it
+//! - refuses an ALTER SEQUENCE of the trail's id sequence;
 //! - gives a table just put below a protected one its protections (see
 //!   `descendants`);
 //! - records an audited table's audit triggers (known by the function they
@@ -132,6 +133,31 @@ fn record_switches((table, switches): Switches) -> Result<(), WardenError> {
     )
 }
 
+/// Refuses an ALTER SEQUENCE of the trail's id sequence (outside
+/// pg_warden's own scripts): the chains rely on its values being handed
+/// out one at a time and in order (a CACHE above 1 hands a backend values
+/// it uses later, after a block has covered them; RESTART or a smaller
+/// INCREMENT hands them out again).
+///
+/// # Safety
+/// `tree` is the statement of the running event trigger.
+unsafe fn refuse_id_sequence_change(tree: *mut pg_sys::Node) -> Result<(), WardenError> {
+    // SAFETY: node tag checked before the cast; reads a backend global.
+    unsafe {
+        if tree.is_null()
+            || (*tree).type_ != pg_sys::NodeTag::T_AlterSeqStmt
+            || pg_sys::creating_extension
+        {
+            return Ok(());
+        }
+        let altered = range_var_oid((*tree.cast::<pg_sys::AlterSeqStmt>()).sequence);
+        if altered.is_some() && altered == crate::backend::warden_relation(c"audit_id_seq").ok() {
+            return Err(WardenError::AuditSequenceAltered);
+        }
+    }
+    Ok(())
+}
+
 /// `warden.ddl_command_end() RETURNS event_trigger`, run by the event
 /// trigger `warden_ddl_command_end` (see the module's comment).
 #[pg_guard]
@@ -147,6 +173,9 @@ pub unsafe extern "C-unwind" fn warden_ddl_command_end(
             raise(WardenError::MisattachedEventTrigger);
         }
         let tree = (*context.cast::<pg_sys::EventTriggerData>()).parsetree;
+        if let Err(e) = refuse_id_sequence_change(tree) {
+            raise(e);
+        }
         let mut children = attached_children(tree);
         let created = creates_tables(tree);
         let switches = trigger_switches(tree);

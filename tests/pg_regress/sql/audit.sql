@@ -122,6 +122,12 @@ SELECT regress.error_of('DELETE FROM warden.audit_entries');
 SELECT regress.error_of('UPDATE warden.audit_entries SET detail = NULL');
 SELECT regress.error_of('TRUNCATE warden.audit_entries');
 SELECT regress.error_of('TRUNCATE warden.audit_batches');
+-- The trail's id sequence is not to be altered, by a superuser either: the
+-- chains rely on its values being handed out one at a time and in order.
+SELECT regress.error_of('ALTER SEQUENCE warden.audit_id_seq CACHE 10');
+SELECT regress.error_of('ALTER SEQUENCE warden.audit_id_seq RESTART');
+SELECT seqcache, seqincrement FROM pg_catalog.pg_sequence
+ WHERE seqrelid = 'warden.audit_id_seq'::regclass;
 SELECT regress.error_of('DELETE FROM warden.audit_log');
 SELECT regress.error_of('INSERT INTO warden.audit_log SELECT * FROM warden.audit_log LIMIT 1');
 
