@@ -14,7 +14,7 @@ extension_sql_file!(
 );
 
 use super::descendants;
-use crate::api::policies::{column_type, table_sql, Table};
+use crate::api::policies::{column_type, quote_ident, table_sql, Table};
 use crate::audit::json::{self, Values};
 use crate::audit::{self, json_text, Entry};
 use crate::error::{raise, required, SqlResult, WardenError};
@@ -527,11 +527,6 @@ pub fn drop_audit_triggers_of(oid: pg_sys::Oid, table: &str) -> Result<bool, War
 
 fn drop_audit_triggers(tbl: &Table, table: &str) -> Result<bool, WardenError> {
     drop_audit_triggers_of(tbl.oid(), table)
-}
-
-fn quote_ident(ident: &str) -> Result<String, WardenError> {
-    Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident($1)", &[ident.into()])?
-        .ok_or_else(|| WardenError::Internal("quote_ident returned NULL".into()))
 }
 
 /// An audit trigger of a table, known by the function it runs (whatever it

@@ -73,13 +73,29 @@ fn edges(start_column: &str, table: pg_sys::Oid) -> Result<Vec<Edge>, WardenErro
 
 /// A table of the tree: its SQL name (`regclass` output), kind, and
 /// whether it is a partition.
-struct Relation {
-    name: String,
+pub struct Relation {
+    pub name: String,
     kind: String,
     partition: bool,
 }
 
-fn relation(oid: pg_sys::Oid) -> Result<Option<Relation>, WardenError> {
+impl Relation {
+    /// A plain or partitioned table (a foreign table can have neither row
+    /// level security nor TRUNCATE triggers).
+    pub fn can_have_policies(&self) -> bool {
+        matches!(self.kind.as_str(), "r" | "p")
+    }
+}
+
+/// The warning for a foreign table below one with pg_warden's policies.
+pub fn warn_no_policies(name: &str) {
+    pgrx::warning!(
+        "{name} is below a table with pg_warden's policies but cannot have row level security \
+         (a foreign table): queried directly, it shows every workspace's rows"
+    );
+}
+
+pub fn relation(oid: pg_sys::Oid) -> Result<Option<Relation>, WardenError> {
     Spi::connect(|client| {
         let mut rows = client.select(
             "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::pg_catalog.text,
@@ -108,7 +124,7 @@ pub fn carry_audit(edge: &Edge) -> Result<(), WardenError> {
         return Ok(());
     };
     let parent_triggers = audit_triggers(edge.parent)?;
-    if !matches!(child.kind.as_str(), "r" | "p") {
+    if !child.can_have_policies() {
         if !parent_triggers.is_empty() {
             pgrx::warning!(
                 "{} is below an audited table but is a foreign table: changes to its rows are \
@@ -217,12 +233,8 @@ fn carry_policies(edge: &Edge) -> Result<(), WardenError> {
     if !any {
         return Ok(());
     }
-    if !matches!(child.kind.as_str(), "r" | "p") {
-        pgrx::warning!(
-            "{} is below a table with pg_warden's policies but cannot have row level security \
-             (a foreign table): queried directly, it shows every workspace's rows",
-            child.name
-        );
+    if !child.can_have_policies() {
+        warn_no_policies(&child.name);
         return Ok(());
     }
     let mut script = String::new();

@@ -127,7 +127,7 @@ fn uuid_column_sql(tbl: &Table, table: &str, column: &str) -> Result<String, War
     }
 }
 
-fn quote_ident(ident: &str) -> Result<String, WardenError> {
+pub(crate) fn quote_ident(ident: &str) -> Result<String, WardenError> {
     Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident($1)", &[ident.into()])?
         .ok_or_else(|| WardenError::Internal("quote_ident returned NULL".into()))
 }
@@ -166,39 +166,25 @@ struct Policy<'a> {
 /// The table and, for a partitioned or inheritance parent, every table
 /// below it (partitions of partitions included), as (OID, SQL name): a
 /// partition queried directly is checked against its own policies, not
-/// its parent's. (Foreign partitions can have no policies: left out.)
+/// its parent's. (Foreign partitions can have no policies: left out, with
+/// a warning.)
 fn table_and_descendants(
     tbl: &Table,
     table: &str,
 ) -> Result<Vec<(pg_sys::Oid, String)>, WardenError> {
     let mut out = vec![(tbl.0, table.to_string())];
-    Spi::connect(|client| {
-        for row in client.select(
-            "WITH RECURSIVE below(oid) AS (
-                 SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = $1
-                 UNION
-                 SELECT i.inhrelid FROM pg_catalog.pg_inherits AS i JOIN below AS b ON i.inhparent = b.oid)
-             SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::text
-               FROM below AS b JOIN pg_catalog.pg_class AS c ON c.oid = b.oid
-              ORDER BY 2",
-            None,
-            &[tbl.0.into()],
-        )? {
-            let (oid, name, kind) = (
-                row.get::<pg_sys::Oid>(1)?,
-                row.get::<String>(2)?.unwrap_or_default(),
-                row.get::<String>(3)?.unwrap_or_default(),
-            );
-            match (oid, kind.as_str()) {
-                (Some(oid), "r" | "p") => out.push((oid, name)),
-                _ => pgrx::warning!(
-                    "{name} is below {table} but cannot have row level security (a foreign \
-                     table): queried directly, it shows every workspace's rows"
-                ),
+    for edge in super::descendants::edges_below(tbl.0)? {
+        if out.iter().any(|(oid, _)| *oid == edge.child) {
+            continue;
+        }
+        if let Some(child) = super::descendants::relation(edge.child)? {
+            if child.can_have_policies() {
+                out.push((edge.child, child.name));
+            } else {
+                super::descendants::warn_no_policies(&child.name);
             }
         }
-        Ok::<_, WardenError>(())
-    })?;
+    }
     Ok(out)
 }
 
