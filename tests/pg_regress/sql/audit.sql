@@ -128,6 +128,8 @@ SELECT regress.error_of('ALTER SEQUENCE warden.audit_id_seq CACHE 10');
 SELECT regress.error_of('ALTER SEQUENCE warden.audit_id_seq RESTART');
 SELECT seqcache, seqincrement FROM pg_catalog.pg_sequence
  WHERE seqrelid = 'warden.audit_id_seq'::regclass;
+-- The event trigger's function refuses to run called directly (39P03).
+SELECT regress.error_of('SELECT warden.ddl_command_end()');
 SELECT regress.error_of('DELETE FROM warden.audit_log');
 SELECT regress.error_of('INSERT INTO warden.audit_log SELECT * FROM warden.audit_log LIMIT 1');
 
